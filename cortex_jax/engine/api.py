@@ -29,6 +29,16 @@ class EngineClosedError(EngineError):
     """The engine is shutting down or its model is unloading (HTTP 503)."""
 
 
+class InvalidRequestError(EngineError):
+    """A request the engine cannot run as given: empty prompt, token id out of range, bad sampling value,
+    images for a model without vision (HTTP 400). The message names the field."""
+
+
+class EngineFailedError(EngineError):
+    """The device step loop failed (e.g. out of memory); raised from a stream *after* deltas may have been
+    streamed, so the caller ends the stream with an error event (HTTP 500 if nothing was sent yet)."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling settings; defaults are greedy-free OpenAI defaults (temperature 1)."""
@@ -111,3 +121,23 @@ class Delta:
     stop_reason: str | int | None = None  # the stop string or token id that ended the request
     usage: Usage | None = None  # on the last delta
     timings: Timings | None = None  # on the last delta
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine for /health and /metrics (``engine.stats()``); counters are cumulative."""
+
+    slots_total: int
+    slots_used: int  # admitted (prefilling or decoding)
+    queue_depth: int  # waiting for a slot
+    queue_capacity: int
+    in_flight: int  # slots_used + queue_depth
+    requests_total: int  # accepted by generate()
+    requests_finished: dict[str, int]  # by finish reason: stop / length / abort / error
+    prompt_tokens_total: int
+    generated_tokens_total: int
+    decode_steps_total: int
+    prefill_chunks_total: int
+    max_context: int
+    cache_bytes: int  # the slot pool (model cache + sampler histograms), allocated once
+    closed: bool

@@ -1,0 +1,254 @@
+"""The runner: owns the model state and the slot pool on device and runs fused, jitted steps. No scheduling,
+no tokenizer, no asyncio: numpy in, numpy out.
+
+Shape letters: S slots (the pool's batch dim), T prefill chunk (a bucket), V vocab, D hidden, K top logprobs.
+
+Two jitted functions, each fusing model call + last-row logits + sampling + penalty bookkeeping, with the pool
+donated (updated in place):
+
+* ``prefill_chunk``: one slot, one chunk ``[1, T]``. The slot's rows are sliced out of the pool
+  (``dynamic_slice``), zeroed when ``fresh`` (slot reuse without reallocation or a separate reset dispatch),
+  run through the model, and written back (``dynamic_update_slice``). The last chunk also samples the first
+  token. Batch-1 prefill keeps a request's numerics independent of what else is running.
+* ``decode``: all S slots, one token each, with ``valid = active`` so idle slots and slots still mid-prefill
+  are untouched (model contract: invalid tokens leave every state unchanged). The input tokens
+  (``last_token``) and positions (``cache.lengths + rope_delta``) live on device, so a step uploads only the
+  active mask and the packed sampling settings.
+
+The model surface used is the documented call contract (docs/architecture.md):
+``hidden, cache = model(tokens, positions, valid, cache, input_embeds=None)`` and ``model.logits(hidden)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from cortex_jax.kernels.sampling import SampleOut, SamplingArrays, pack_rows, sample
+from cortex_jax.pytree import pytree_dataclass
+
+Array = jax.Array
+
+
+@dataclass(frozen=True)
+class ModelFns:
+    """The two pure functions of a causal LM the runner needs (closures over a graphdef, or fakes in tests).
+
+    ``forward(state, tokens [B,T], positions [3,B,T], valid [B,T], cache, input_embeds [B,T,D] | None)
+    -> (hidden [B,T,D], cache)``; ``logits(state, hidden [N,D]) -> [N,V]``.
+    """
+
+    forward: Callable[..., tuple[Array, Any]]
+    logits: Callable[[Any, Array], Array]
+
+
+@functools.lru_cache(maxsize=8)
+def nnx_model_fns(graphdef: Any) -> ModelFns:
+    """ModelFns for an ``nnx`` model split once into ``(graphdef, state)`` (merged inside the jitted steps)."""
+    from flax import nnx
+
+    def forward(state, tokens, positions, valid, cache, input_embeds):
+        return nnx.merge(graphdef, state)(tokens, positions, valid, cache, input_embeds=input_embeds)
+
+    def logits(state, hidden):
+        return nnx.merge(graphdef, state).logits(hidden)
+
+    return ModelFns(forward=forward, logits=logits)
+
+
+def runner_for_model(graphdef: Any, state: Any, cfg: Any, *, num_slots: int, max_context: int,
+                     cache_dtype: Any = None, mesh: Any = None, rules: Any = None,
+                     prefill_buckets: Sequence[int] = (64, 128, 256, 512)) -> Runner:
+    """A Runner over an ``nnx`` causal LM (``cfg.text`` sizes the cache; ``cache_dtype`` default: the model's
+    activation dtype). With a ``mesh``, the cache is sharded by ``cache_shardings`` (KV heads / GDN heads on
+    tp) and the pool's layout is pinned across steps."""
+    from cortex_jax.engine.cache import cache_shardings, init_cache
+
+    if cache_dtype is None:
+        cache_dtype = _state_dtype(state)
+    sharding = None if mesh is None else cache_shardings(cfg.text, num_slots, max_context, mesh, rules)
+    cache = init_cache(cfg.text, num_slots, max_context, cache_dtype, sharding)
+    return Runner(nnx_model_fns(graphdef), state, cache, vocab_size=cfg.text.vocab_size, max_context=max_context,
+                  prefill_buckets=prefill_buckets, mesh=mesh)
+
+
+def _state_dtype(state: Any) -> Any:
+    # The activation dtype is not in the state; the widest float param is a good proxy (bf16 or fp32 models).
+    dts = {x.dtype for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)}
+    return jnp.float32 if jnp.dtype(jnp.float32) in dts else next(iter(dts), jnp.float32)
+
+
+@pytree_dataclass()
+class SlotPool:
+    """Everything per slot that lives on device. ``cache`` is the model's pool (batch = S, with
+    ``lengths [S]``); ``last_token [S]`` i32 is fed at the next decode; ``rope_delta [S]`` i32 offsets decode
+    positions (mRoPE after images); ``counts [S, V]`` i32 output-token histogram and ``prompt_seen [S, V]``
+    bool drive the penalties."""
+
+    cache: Any
+    last_token: Array
+    rope_delta: Array
+    counts: Array
+    prompt_seen: Array
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """One step's sampled rows on the host: ``tokens [N]``, ``logprobs [N]``, ``top_ids/top_logprobs [N, K]``."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+def _rows(tree, start, size):
+    return jax.tree.map(lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0), tree)
+
+
+def _put_rows(tree, sub, start):
+    return jax.tree.map(lambda x, s: jax.lax.dynamic_update_slice_in_dim(x, s, start, axis=0), tree, sub)
+
+
+def _prefill_chunk(fns, shardings, state, pool: SlotPool, slot, tokens, positions, valid, fresh, last,
+                   rope_delta, params: SamplingArrays, input_embeds, *, num_top):
+    sub = _rows(pool.cache, slot, 1)
+    sub = jax.tree.map(lambda x: jnp.where(fresh, jnp.zeros_like(x), x), sub)
+    hidden, sub = fns.forward(state, tokens, positions, valid, sub, input_embeds)
+    last_idx = jnp.maximum(valid.sum(-1) - 1, 0)  # [1]
+    h = jnp.take_along_axis(hidden, last_idx[:, None, None], axis=1)[:, 0]  # [1, D]
+    logits = fns.logits(state, h)  # [1, V]
+
+    v = pool.counts.shape[-1]
+    counts = jnp.where(fresh, 0, _rows(pool.counts, slot, 1))  # [1, V]
+    seen = jnp.where(fresh, False, _rows(pool.prompt_seen, slot, 1))
+    seen = seen.at[0, jnp.where(valid[0], tokens[0], v)].set(True, mode="drop")
+    out = sample(logits, params, counts, seen, num_top)
+    counts = counts.at[0, out.tokens[0]].add(last.astype(counts.dtype))
+    pool = SlotPool(
+        cache=_put_rows(pool.cache, sub, slot),
+        last_token=pool.last_token.at[slot].set(jnp.where(last, out.tokens[0], pool.last_token[slot])),
+        rope_delta=pool.rope_delta.at[slot].set(rope_delta),
+        counts=_put_rows(pool.counts, counts, slot),
+        prompt_seen=_put_rows(pool.prompt_seen, seen, slot),
+    )
+    return _constrain(pool, shardings), out
+
+
+def _decode(fns, shardings, state, pool: SlotPool, active, params: SamplingArrays, *, num_top):
+    s = active.shape[0]
+    pos = (pool.cache.lengths + pool.rope_delta).astype(jnp.int32)  # [S]
+    positions = jnp.broadcast_to(pos[None, :, None], (3, s, 1))
+    hidden, cache = fns.forward(state, pool.last_token[:, None], positions, active[:, None], pool.cache, None)
+    logits = fns.logits(state, hidden[:, 0])  # [S, V]
+    out = sample(logits, params, pool.counts, pool.prompt_seen, num_top)
+    pool = SlotPool(
+        cache=cache,
+        last_token=jnp.where(active, out.tokens, pool.last_token),
+        rope_delta=pool.rope_delta,
+        counts=pool.counts.at[jnp.arange(s), out.tokens].add(active.astype(pool.counts.dtype)),
+        prompt_seen=pool.prompt_seen,
+    )
+    return _constrain(pool, shardings), out
+
+
+def _constrain(pool, shardings):
+    # Pin the donated pool's layout so every step returns it exactly as it came in (no resharding, and the
+    # donation can alias the input buffers).
+    if shardings is None:
+        return pool
+    return jax.tree.map(jax.lax.with_sharding_constraint, pool, shardings)
+
+
+# Module-level jits with the model functions and pool shardings as static arguments: runners over the same
+# model and shapes (tests, an engine rebuilt after unload/reload) share one compilation cache.
+_prefill_jit = jax.jit(_prefill_chunk, static_argnums=(0, 1), static_argnames=("num_top",), donate_argnums=(3,))
+_decode_jit = jax.jit(_decode, static_argnums=(0, 1), static_argnames=("num_top",), donate_argnums=(3,))
+
+
+class Runner:
+    """Slot pool + fused steps. ``cache`` must already be allocated with batch = ``num_slots``."""
+
+    def __init__(self, fns: ModelFns, state: Any, cache: Any, *, vocab_size: int, max_context: int,
+                 prefill_buckets: Sequence[int] = (64, 128, 256, 512), mesh: Any = None):
+        self.num_slots = int(cache.lengths.shape[0])
+        self.max_context = int(max_context)
+        self.vocab_size = int(vocab_size)
+        self.buckets = tuple(sorted(int(b) for b in prefill_buckets))
+        self.chunk_size = self.buckets[-1]
+        self.state = state
+        s = self.num_slots
+        # The small per-slot arrays are replicated over the mesh (they sit beside a sharded cache in one jit).
+        rep = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        self.pool = SlotPool(
+            cache=cache,
+            last_token=jnp.zeros((s,), jnp.int32, device=rep),
+            rope_delta=jnp.zeros((s,), jnp.int32, device=rep),
+            counts=jnp.zeros((s, vocab_size), jnp.int32, device=rep),
+            prompt_seen=jnp.zeros((s, vocab_size), jnp.bool_, device=rep),
+        )
+        shardings = None if mesh is None else jax.tree.map(lambda x: x.sharding, self.pool)
+        self._prefill = partial(_prefill_jit, fns, shardings)
+        self._decode = partial(_decode_jit, fns, shardings)
+
+    # ---- memory ---------------------------------------------------------------------------------
+    def pool_bytes(self) -> dict[str, int]:
+        """Device bytes of the slot pool: model cache, penalty histograms, total and per slot."""
+        cache = sum(x.nbytes for x in jax.tree.leaves(self.pool.cache))
+        total = sum(x.nbytes for x in jax.tree.leaves(self.pool))
+        return {"cache_bytes": cache, "sampler_bytes": total - cache, "total_bytes": total,
+                "per_slot_bytes": total // self.num_slots}
+
+    def bucket(self, n: int) -> int:
+        i = bisect.bisect_left(self.buckets, n)
+        if i == len(self.buckets):
+            raise ValueError(f"chunk of {n} tokens exceeds the largest prefill bucket {self.buckets[-1]}")
+        return self.buckets[i]
+
+    # ---- steps ----------------------------------------------------------------------------------
+    def prefill(self, slot: int, tokens: Sequence[int], positions: np.ndarray, *, fresh: bool, last: bool,
+                rope_delta: int, sampling: tuple, num_top: int = 0, input_embeds: Any = None,
+                ) -> HostSample | None:
+        """Prefill one chunk of ``n`` tokens for ``slot`` (``positions [3, n]``, ``input_embeds [n, D]``).
+
+        Returns the sampled first token when ``last`` (the chunk ends the prompt), else None (no host sync).
+        """
+        n = len(tokens)
+        t = self.bucket(n)
+        tok = np.zeros((1, t), np.int32)
+        tok[0, :n] = tokens
+        pos = np.zeros((3, 1, t), np.int32)
+        pos[:, 0, :n] = positions
+        valid = np.zeros((1, t), bool)
+        valid[0, :n] = True
+        emb = None
+        if input_embeds is not None:
+            emb = jnp.zeros((1, t, input_embeds.shape[-1]), input_embeds.dtype).at[0, :n].set(input_embeds)
+        self.pool, out = self._prefill(
+            self.state, self.pool, np.int32(slot), tok, pos, valid, np.bool_(fresh), np.bool_(last),
+            np.int32(rope_delta), pack_rows([sampling]), emb, num_top=num_top)
+        return _to_host(out) if last else None
+
+    def decode(self, rows: Sequence[tuple | None], num_top: int = 0) -> HostSample:
+        """One decode step over all slots; ``rows[i]`` is ``(SamplingParams, seed, step)`` or None (idle)."""
+        active = np.array([r is not None for r in rows], bool)
+        self.pool, out = self._decode(self.state, self.pool, active, pack_rows(rows), num_top=num_top)
+        return _to_host(out)
+
+    def lengths(self) -> np.ndarray:
+        return np.asarray(self.pool.cache.lengths)
+
+
+def _to_host(out: SampleOut) -> HostSample:
+    o = jax.device_get(out)
+    return HostSample(tokens=np.asarray(o.tokens), logprobs=np.asarray(o.logprobs),
+                      top_ids=np.asarray(o.top_ids), top_logprobs=np.asarray(o.top_logprobs))

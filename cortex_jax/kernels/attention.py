@@ -1,0 +1,55 @@
+"""Attention of new queries over a per-row KV cache (grouped-query, causal by cache index).
+
+Shape letters: B batch, T query tokens, S cache length, K kv heads (Hkv), G query heads per kv head (H/Hkv),
+D head dim.
+
+Query head h uses kv head h // G (reference §3.4), done by viewing q as ``[B, T, K, G, D]`` rather than
+repeating the cache. Key j is visible to the query of row b at token t iff ``j <= q_index[b, t]`` and
+``j < kv_len[b]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def cached_attention(q, k_cache, v_cache, q_index, kv_len) -> Array:
+    """softmax(q·kᵀ·D^-0.5 + mask)·v over the cache.
+
+    Args:
+      q: ``[B, T, H, D]`` (post-norm, post-RoPE).
+      k_cache, v_cache: ``[B, S, K, D]``; entries at j ≥ kv_len may be anything finite.
+      q_index: ``[B, T] int32``, cache index of each query token (any value for invalid queries).
+      kv_len: ``[B] int32``, number of valid cache entries per row (including this call's writes).
+
+    Returns:
+      o ``[B, T, H, D]`` in q.dtype. A query that sees no key (fully masked row) gets zeros, never NaN.
+
+    Dtypes: logits and softmax in fp32; probabilities are cast to v's dtype before the value matmul (HF eager
+    does the same), which accumulates in fp32.
+    """
+    b, t, h, d = q.shape
+    n_kv = k_cache.shape[2]
+    if h % n_kv:
+        raise ValueError(f"query heads {h} not a multiple of kv heads {n_kv}")
+    qg = q.reshape(b, t, n_kv, h // n_kv, d)
+    with jax.named_scope("attn_logits"):
+        logits = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache, preferred_element_type=jnp.float32)
+        logits = logits.astype(jnp.float32) * (d**-0.5)
+    with jax.named_scope("attn_mask_softmax"):
+        j = jnp.arange(k_cache.shape[1], dtype=jnp.int32)
+        visible = (j <= q_index[:, :, None]) & (j < jnp.asarray(kv_len)[:, None, None])  # [B, T, S]
+        visible = visible[:, None, None]  # [B, 1, 1, T, S]
+        logits = jnp.where(visible, logits, -jnp.inf)
+        m = jnp.max(logits, axis=-1, keepdims=True)
+        m = jnp.where(jnp.isfinite(m), m, 0.0)  # fully masked row: avoid (-inf) − (-inf)
+        p = jnp.where(visible, jnp.exp(logits - m), 0.0)
+        denom = jnp.sum(p, axis=-1, keepdims=True)
+        p = p / jnp.where(denom > 0, denom, 1.0)
+    with jax.named_scope("attn_values"):
+        p = p.astype(v_cache.dtype)
+        o = jnp.einsum("bkgts,bskd->btkgd", p, v_cache, preferred_element_type=jnp.float32)
+    return o.reshape(b, t, h, d).astype(q.dtype)

@@ -1,0 +1,149 @@
+"""Token sampling on device for a mixed batch: every row carries its own settings as array entries.
+
+Shape letters: B rows (decode slots), V vocabulary, K top-logprob alternatives (static).
+
+Per row, in this order (HF's warper order; vLLM applies the same set):
+
+1. penalties on the raw logits ``x``: repetition ``r`` over tokens seen in the prompt *or* the output
+   (``x > 0 → x / r`` else ``x · r``, HF/vLLM semantics), then OpenAI frequency/presence over output tokens
+   only (``x −= f·count + p·[count > 0]``);
+2. greedy rows (``temperature == 0``) take ``argmax`` here;
+3. ``x / temperature``; top-k, top-p and min-p become one *value threshold* per row (found on a sorted copy),
+   and every logit below it is masked to −inf in vocabulary order;
+4. Gumbel-max: ``argmax(x + g)`` with ``g ~ Gumbel(0, 1)`` drawn from the row's own key
+   ``fold_in(key(seed), step)``, where ``step`` counts the tokens that request has generated so far.
+
+Why this shape: a row's result depends only on its own logits, settings, seed and step, never on its batch
+companions (same seed ⇒ same output; greedy in a batch = greedy alone). The sort runs only when some row
+filters (``lax.cond``); a row that does not filter gets an identical draw on either branch because masking
+never changes the surviving logits and the noise is drawn in vocabulary order.
+
+Reported logprobs are those of the *raw* model distribution (``log_softmax`` of the unpenalised, unscaled
+logits), as vLLM reports by default: the chosen token's and, when ``num_top > 0``, the K best alternatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cortex_jax.pytree import pytree_dataclass
+
+Array = jax.Array
+
+MAX_TOP_LOGPROBS = 20
+# Column order of SamplingArrays.floats / .ints (packed so one step uploads two small arrays, not nine).
+_F_TEMP, _F_TOP_P, _F_MIN_P, _F_PRES, _F_FREQ, _F_REP = range(6)
+_I_TOP_K, _I_SEED, _I_STEP = range(3)
+
+
+@pytree_dataclass()
+class SamplingArrays:
+    """Per-row settings. ``floats [B, 6]`` f32: temperature, top_p, min_p, presence, frequency, repetition;
+    ``ints [B, 3]`` i32: top_k (0 = off), seed (uint32 bits), step (tokens already generated)."""
+
+    floats: Array
+    ints: Array
+
+    @property
+    def temperature(self) -> Array:
+        return self.floats[:, _F_TEMP]
+
+    @property
+    def top_k(self) -> Array:
+        return self.ints[:, _I_TOP_K]
+
+
+@pytree_dataclass()
+class SampleOut:
+    """``tokens [B]`` i32, ``logprobs [B]`` f32 (raw), ``top_ids [B, K]`` i32, ``top_logprobs [B, K]`` f32."""
+
+    tokens: Array
+    logprobs: Array
+    top_ids: Array
+    top_logprobs: Array
+
+
+def pack_rows(rows: Sequence[tuple[object, int, int] | None]) -> SamplingArrays:
+    """Host-side packing of ``(SamplingParams, seed, step)`` per row (``None`` = idle row, greedy) to numpy."""
+    floats = np.zeros((len(rows), 6), np.float32)
+    floats[:, _F_TOP_P] = 1.0
+    floats[:, _F_REP] = 1.0
+    ints = np.zeros((len(rows), 3), np.int32)
+    for i, row in enumerate(rows):
+        if row is None:
+            continue
+        p, seed, step = row
+        floats[i] = (p.temperature, p.top_p, p.min_p, p.presence_penalty, p.frequency_penalty,
+                     p.repetition_penalty)
+        # seed is reinterpreted as int32 bits: the device only folds the bits into a key
+        ints[i] = (p.top_k, np.uint32(seed & 0xFFFFFFFF).view(np.int32), step)
+    return SamplingArrays(floats=floats, ints=ints)
+
+
+def apply_penalties(x: Array, p: SamplingArrays, counts: Array, prompt_seen: Array) -> Array:
+    """Penalised logits ``[B, V]`` f32; ``counts [B, V]`` int (output-token histogram), ``prompt_seen [B, V]``."""
+    f = p.floats
+    seen_out = counts > 0
+    rep = f[:, _F_REP, None]
+    x = jnp.where(seen_out | prompt_seen, jnp.where(x > 0, x / rep, x * rep), x)
+    return x - f[:, _F_FREQ, None] * counts.astype(jnp.float32) - f[:, _F_PRES, None] * seen_out
+
+
+def _filter_threshold(x: Array, p: SamplingArrays) -> Array:
+    """Per-row logit threshold ``[B]`` implementing top-k, then top-p on the renormalised top-k, and min-p.
+
+    x: temperature-scaled logits ``[B, V]``. Ties at the threshold are all kept.
+    """
+    v = x.shape[-1]
+    s = -jnp.sort(-x, axis=-1)  # [B, V] descending
+    idx = jnp.arange(v)[None, :]
+    k = p.ints[:, _I_TOP_K]
+    k_eff = jnp.where(k > 0, jnp.minimum(k, v), v)[:, None]
+    s_k = jnp.where(idx < k_eff, s, -jnp.inf)
+    probs = jax.nn.softmax(s_k, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = (idx < k_eff) & (mass_before < p.floats[:, _F_TOP_P, None])  # position 0 is always kept
+    n_keep = jnp.maximum(keep.sum(-1), 1)
+    t_kp = jnp.take_along_axis(s, (n_keep - 1)[:, None], axis=-1)[:, 0]
+    min_p = p.floats[:, _F_MIN_P]
+    t_min = jnp.where(min_p > 0, s[:, 0] + jnp.log(jnp.maximum(min_p, 1e-30)), -jnp.inf)
+    return jnp.maximum(t_kp, t_min)
+
+
+def _row_keys(p: SamplingArrays) -> Array:
+    seed = jax.lax.bitcast_convert_type(p.ints[:, _I_SEED], jnp.uint32)
+    return jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(seed, p.ints[:, _I_STEP])
+
+
+def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array, num_top: int = 0) -> SampleOut:
+    """Sample one token per row. ``logits [B, V]`` (any float dtype); ``num_top`` static (0..20)."""
+    x = logits.astype(jnp.float32)
+    raw_lp = jax.nn.log_softmax(x, axis=-1)
+    x = apply_penalties(x, p, counts, prompt_seen)
+    greedy_tok = jnp.argmax(x, axis=-1)
+
+    temp = p.floats[:, _F_TEMP]
+    stochastic = temp > 0
+    x = x / jnp.where(stochastic, temp, 1.0)[:, None]
+    filters = stochastic & (
+        (p.ints[:, _I_TOP_K] > 0) | (p.floats[:, _F_TOP_P] < 1.0) | (p.floats[:, _F_MIN_P] > 0))
+
+    def masked(x):
+        t = jnp.where(filters, _filter_threshold(x, p), -jnp.inf)
+        return jnp.where(x >= t[:, None], x, -jnp.inf)
+
+    x = jax.lax.cond(jnp.any(filters), masked, lambda x: x, x)
+    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, x.shape[-1:], jnp.float32))(_row_keys(p))
+    tok = jnp.where(stochastic, jnp.argmax(x + gumbel, axis=-1), greedy_tok).astype(jnp.int32)
+
+    chosen = jnp.take_along_axis(raw_lp, tok[:, None], axis=-1)[:, 0]
+    if num_top > 0:
+        top_lp, top_ids = jax.lax.top_k(raw_lp, num_top)
+    else:
+        top_lp = jnp.zeros((x.shape[0], 0), jnp.float32)
+        top_ids = jnp.zeros((x.shape[0], 0), jnp.int32)
+    return SampleOut(tokens=tok, logprobs=chosen, top_ids=top_ids.astype(jnp.int32), top_logprobs=top_lp)

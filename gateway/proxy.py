@@ -1,0 +1,268 @@
+"""Proxying a request to a neuron: resolve, place, send, retry before the first byte, relay, account.
+
+`request` (non-stream) and `open_stream` share one attempt loop: pick a node (`ModelManager.acquire`, which
+may cold-load), send, and read the first unit (the whole body, or the first SSE event). Any failure before
+that unit (connection refused, timeout, 5xx, a connection dropped before the first event) is retried on
+another node; 4xx replies pass through with their body, status and Retry-After. Once the first event is out,
+a failure ends the stream with an error event. Streams are relayed event by event, never buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gateway.catalog import Catalog
+from gateway.errors import UpstreamError, bad_request
+from gateway.fleet import Fleet
+from gateway.loader import ModelManager
+from gateway.metrics import UNKNOWN, Metrics, RequestTimer
+from gateway.settings import Settings
+from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_events
+
+_JSON = {"content-type": "application/json"}
+_STALE_CODES = ("model_not_found", "model_not_loaded")
+
+
+class _Retry(Exception):
+    def __init__(self, error: UpstreamError):
+        self.error = error
+
+
+@dataclass
+class Completed:
+    """A finished non-stream call: which node, its status, its raw JSON body and the parsed usage."""
+
+    node: str
+    status: int
+    content: bytes
+    usage: dict[str, Any] | None
+
+
+class UpstreamStream:
+    """An open upstream SSE stream whose first event has arrived. Iterate `events()` exactly once."""
+
+    def __init__(self, proxy: Proxy, node: str, model: str, resp: httpx.Response, first: bytes,
+                 rest: AsyncIterator[bytes], timer: RequestTimer):
+        self.proxy, self.node, self.model, self.timer = proxy, node, model, timer
+        self._resp, self._first, self._rest = resp, first, rest
+        self.usage: dict[str, Any] | None = None
+        self._closed = False
+
+    async def aclose(self, status: str = "499") -> None:
+        """Close the upstream response and account the request (idempotent; `events()` does it itself)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._resp.aclose()
+        finally:
+            self.proxy.fleet.end(self.model, self.node)
+            self.timer.finish(status, self.usage)
+
+    async def events(self) -> AsyncIterator[tuple[bytes, dict[str, Any] | None]]:
+        """Yield (raw SSE event, parsed chunk when it carries usage or an error, else None).
+
+        Raises `UpstreamError` if the neuron fails or errors mid-stream or ends without `[DONE]`. Closing the
+        iterator early (client gone) closes the upstream connection, which cancels the neuron's request.
+        """
+        status, done = "499", False
+        event: bytes | None = self._first
+        try:
+            while event is not None:
+                data = event_data(event)
+                chunk = None
+                if data == b"[DONE]":
+                    done = True
+                elif data is not None:
+                    self.timer.first_token()
+                    if b'"usage"' in data or data.startswith(b'{"error"'):
+                        chunk = json.loads(data)
+                        if isinstance(chunk.get("error"), dict) and not chunk.get("choices"):
+                            raise UpstreamError(502, chunk["error"])
+                        if chunk.get("usage"):
+                            self.usage = chunk["usage"]
+                yield event, chunk
+                event = await anext(self._rest, None)
+            if not done:
+                raise UpstreamError.make(502, f"neuron {self.node} ended the stream before it finished",
+                                         code="upstream_stream_truncated")
+            status = "200"
+        except httpx.HTTPError as exc:
+            status = "502"
+            self.proxy.kick(self.node)
+            raise error_from_transport(self.node, exc) from exc
+        except (UpstreamError, ValueError) as exc:
+            status = "502"
+            if isinstance(exc, ValueError):
+                raise UpstreamError.make(502, f"neuron {self.node} sent malformed JSON: {exc}") from exc
+            raise
+        finally:
+            await self.aclose(status)
+
+
+class Proxy:
+    """Sends OpenAI-shaped requests to the fleet; shared by the OpenAI routes and the dialect backend."""
+
+    def __init__(self, settings: Settings, fleet: Fleet, catalog: Catalog, manager: ModelManager,
+                 client: httpx.AsyncClient, metrics: Metrics):
+        self.settings, self.fleet, self.catalog, self.manager = settings, fleet, catalog, manager
+        self.client, self.metrics = client, metrics
+        self._background: set[asyncio.Task] = set()
+
+    def prepare(self, body: Any, *, stream: bool) -> tuple[str, dict[str, Any], bool]:
+        """Validate the envelope and resolve the model; streams always ask upstream for usage.
+
+        Returns (canonical model id, body to send, whether the client asked for the usage chunk).
+        """
+        if not isinstance(body, dict):
+            raise bad_request("the request body must be a JSON object")
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise bad_request("'model' is required and must be a non-empty string", param="model")
+        if "stream" in body and not isinstance(body["stream"], bool):
+            raise bad_request("'stream' must be a boolean", param="stream")
+        model = self.catalog.resolve(name)
+        out = dict(body, model=model, stream=stream)
+        want_usage = False
+        if stream:
+            opts = body.get("stream_options")
+            if opts is not None and not isinstance(opts, dict):
+                raise bad_request("'stream_options' must be an object", param="stream_options")
+            want_usage = bool((opts or {}).get("include_usage"))
+            out["stream_options"] = {**(opts or {}), "include_usage": True}
+        return model, out, want_usage
+
+    async def request(self, path: str, body: Any, *, api: str) -> Completed:
+        """Non-stream call with retries before the response; records metrics."""
+        timer = self.metrics.timer(UNKNOWN, api)
+        try:
+            model, payload, _ = self.prepare(body, stream=False)
+            timer.model = model
+            node, resp, content = await self._attempts(path, model, payload, timer, _read_all)
+        except UpstreamError as exc:
+            timer.finish(exc.status)
+            raise
+        self.fleet.end(model, node)
+        usage = None
+        try:
+            parsed = json.loads(content)
+            usage = parsed.get("usage") if isinstance(parsed, dict) else None
+        except ValueError:
+            pass
+        timer.finish(resp.status_code, usage)
+        return Completed(node, resp.status_code, content, usage)
+
+    async def open_stream(self, path: str, body: Any, *, api: str) -> tuple[UpstreamStream, bool]:
+        """Open a stream (its first event has arrived); returns it and whether the client wants usage."""
+        timer = self.metrics.timer(UNKNOWN, api)
+        try:
+            model, payload, want_usage = self.prepare(body, stream=True)
+            timer.model = model
+            node, resp, (first, rest) = await self._attempts(path, model, payload, timer, _read_first_event)
+        except UpstreamError as exc:
+            timer.finish(exc.status)
+            raise
+        return UpstreamStream(self, node, model, resp, first, rest, timer), want_usage
+
+    async def relay(self, stream: UpstreamStream, want_usage: bool) -> AsyncIterator[bytes]:
+        """SSE bytes for an OpenAI client: events as they come, the usage chunk dropped unless it was asked
+        for, and a final `data: {"error": ...}` event if the stream fails midway."""
+        events = stream.events()
+        try:
+            async for raw, chunk in events:
+                if chunk is not None and chunk.get("usage") and not want_usage:
+                    if not chunk.get("choices"):
+                        continue
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    raw = b"data: " + json.dumps(chunk).encode()
+                yield raw + b"\n\n"
+        except UpstreamError as exc:
+            yield error_event(exc)
+        finally:
+            await events.aclose()
+
+    async def send_to(self, node: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        """One plain JSON POST to a node (tokenize, admin); transport errors become `UpstreamError`."""
+        try:
+            return await self.client.post(self.fleet.nodes[node].endpoint + path, json=body)
+        except httpx.HTTPError as exc:
+            self.kick(node)
+            raise error_from_transport(node, exc) from exc
+
+    def kick(self, node: str) -> None:
+        """Re-poll a node that just failed, in the background."""
+        task = asyncio.create_task(self.fleet.refresh(node))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _attempts(
+        self, path: str, model: str, payload: dict[str, Any], timer: RequestTimer,
+        read_first: Callable[[httpx.Response], Awaitable[Any]],
+    ) -> tuple[str, httpx.Response, Any]:
+        content = json.dumps(payload).encode()
+        tried: set[str] = set()
+        last: UpstreamError | None = None
+        stale_retry = True
+        for _ in range(self.settings.gateway.retries + 1):
+            try:
+                node = await self.manager.acquire(model, frozenset(tried))
+            except UpstreamError:
+                if last is not None:
+                    raise last from None
+                raise
+            timer.node = node
+            self.fleet.begin(model, node)
+            resp: httpx.Response | None = None
+            try:
+                req = self.client.build_request("POST", self.fleet.nodes[node].endpoint + path,
+                                                content=content, headers=_JSON)
+                resp = await self.client.send(req, stream=True)
+                if resp.status_code >= 400:
+                    err = error_from_response(resp, await resp.aread())
+                    if resp.status_code >= 500:
+                        raise _Retry(err)
+                    if err.error.get("code") in _STALE_CODES and stale_retry:
+                        stale_retry = False  # our view of the node was stale: reload and try again
+                        self.fleet.set_model_state(node, model, "available")
+                        raise _Retry(err)
+                    raise err
+                return node, resp, await read_first(resp)
+            except (_Retry, httpx.HTTPError, StopAsyncIteration) as exc:
+                if resp is not None:
+                    await resp.aclose()
+                self.fleet.end(model, node)
+                if isinstance(exc, _Retry):
+                    last = exc.error
+                    if exc.error.status >= 500:
+                        tried.add(node)
+                else:
+                    tried.add(node)
+                    self.kick(node)
+                    last = (error_from_transport(node, exc) if isinstance(exc, httpx.HTTPError) else
+                            UpstreamError.make(502, f"neuron {node} sent an empty stream",
+                                               code="upstream_empty"))
+            except BaseException:
+                if resp is not None:
+                    await resp.aclose()
+                self.fleet.end(model, node)
+                raise
+        assert last is not None
+        raise last
+
+
+async def _read_all(resp: httpx.Response) -> bytes:
+    try:
+        return await resp.aread()
+    finally:
+        await resp.aclose()
+
+
+async def _read_first_event(resp: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]:
+    events = sse_events(resp.aiter_bytes())
+    return await anext(events), events

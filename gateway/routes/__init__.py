@@ -1,0 +1,21 @@
+"""HTTP surfaces of the gateway, one blueprint per module; handlers stay thin and call the services."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quart import request
+
+from gateway.errors import bad_request
+
+
+async def json_body() -> Any:
+    """The request body parsed as JSON, or a 400 naming the problem."""
+    raw = await request.get_data()
+    if not raw:
+        raise bad_request("the request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None

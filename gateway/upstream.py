@@ -1,0 +1,80 @@
+"""The one `httpx.AsyncClient` to the neurons, SSE framing, and upstream failures → `UpstreamError`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from gateway.errors import UpstreamError
+from gateway.settings import Settings
+
+
+def make_client(settings: Settings) -> httpx.AsyncClient:
+    """The shared client: explicit per-phase timeouts and connection limits, no proxy from the environment."""
+    t, g = settings.timeouts, settings.gateway
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool),
+        limits=httpx.Limits(max_connections=g.max_connections,
+                            max_keepalive_connections=g.max_keepalive_connections, keepalive_expiry=30),
+        trust_env=False,
+    )
+
+
+def error_from_response(resp: httpx.Response, content: bytes) -> UpstreamError:
+    """An upstream error reply, passed through: its status, its `error` object and its Retry-After."""
+    error: dict[str, Any] | None = None
+    try:
+        body = json.loads(content)
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            error = body["error"]
+        elif isinstance(body, dict) and isinstance(body.get("error"), str):
+            error = {"message": body["error"]}
+    except ValueError:
+        pass
+    if error is None:
+        text = content.decode("utf-8", "replace").strip()[:500] or resp.reason_phrase
+        error = {"message": f"upstream returned {resp.status_code}: {text}"}
+    return UpstreamError(resp.status_code, error, resp.headers.get("retry-after"))
+
+
+def error_from_transport(node: str, exc: Exception) -> UpstreamError:
+    """A neuron that could not be reached, timed out, or broke the connection."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError.make(504, f"neuron {node} timed out ({type(exc).__name__})",
+                                  code="upstream_timeout")
+    return UpstreamError.make(502, f"neuron {node} failed: {type(exc).__name__}: {exc}".rstrip(": "),
+                              code="upstream_unavailable")
+
+
+async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Split a byte stream into SSE events (without the blank-line separator), as soon as each is complete."""
+    buf = b""
+    async for chunk in chunks:
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n")
+        buf += chunk
+        while True:
+            end = buf.find(b"\n\n")
+            if end < 0:
+                break
+            event, buf = buf[:end], buf[end + 2:]
+            if event:
+                yield event
+    if buf.strip():
+        yield buf.strip(b"\n")
+
+
+def event_data(event: bytes) -> bytes | None:
+    """The `data:` payload of one SSE event (multi-line data joined); None for comments and other fields."""
+    if event.startswith(b"data:") and b"\n" not in event:
+        return event[5:].strip()
+    lines = [ln[5:].strip() for ln in event.split(b"\n") if ln.startswith(b"data:")]
+    return b"\n".join(lines) if lines else None
+
+
+def error_event(error: UpstreamError) -> bytes:
+    """The SSE event that ends a stream which failed after its first byte."""
+    return b"data: " + json.dumps(error.body()).encode() + b"\n\n"

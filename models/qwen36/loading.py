@@ -1,0 +1,62 @@
+"""Load a Qwen3.6 HF checkpoint directory into a (sharded) ``Qwen36ForCausalLM`` state (STYLE F3).
+
+``nnx.eval_shape`` builds the abstract model (no allocation) → logical axes give each param a NamedSharding on
+the mesh → the strict loader places every tensor straight into its shards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from flax import nnx
+
+from cortex_jax.checkpoint import CheckpointError
+from cortex_jax.checkpoint import load_state as _load_state
+from cortex_jax.mesh import make_mesh
+from cortex_jax.sharding import AxisRules, state_shardings
+from models.qwen36.config import ConfigError, Qwen36Config
+from models.qwen36.decoder import Qwen36ForCausalLM
+from models.qwen36.weight_map import qwen36_weight_map
+
+
+def abstract_model(cfg: Qwen36Config, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
+                   rules: AxisRules | None = None, gdn_chunk_size: int = 64) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, abstract state) of the text model; nothing is allocated."""
+    abstract = nnx.eval_shape(lambda: Qwen36ForCausalLM(
+        cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), rules=rules, gdn_chunk_size=gdn_chunk_size))
+    return nnx.split(abstract)
+
+
+def load_model(
+    ckpt_dir: str | Path,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any | None = None,
+    mesh: Any = None,
+    rules: AxisRules | None = None,
+    ignore_prefixes: Sequence[str] = (),
+    gdn_chunk_size: int = 64,
+    progress: Callable[[int, int, int, int], None] | None = None,
+) -> tuple[nnx.GraphDef, nnx.State, Qwen36Config]:
+    """``(graphdef, state, cfg)`` for the checkpoint at ``ckpt_dir``.
+
+    ``dtype``: activation dtype; ``param_dtype``: storage dtype (default ``dtype``; the checkpoint's own dtype
+    is cast). ``mesh``: default a 1×1 mesh of the first device. VLM checkpoints carry ``model.visual.*``, which
+    this text model has no place for: pass ``ignore_prefixes=("model.visual.",)`` to skip them on purpose.
+    Raises ``CheckpointError`` (missing config, unsupported model_type, missing/unexpected/mis-shaped tensors).
+    """
+    try:
+        cfg = Qwen36Config.from_dir(ckpt_dir)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+    rules = rules or AxisRules()
+    mesh = mesh if mesh is not None else make_mesh(1, 1)
+    graphdef, abstract = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, rules=rules,
+                                        gdn_chunk_size=gdn_chunk_size)
+    shardings = state_shardings(abstract, mesh, rules)
+    wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings)
+    state = _load_state(ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes)
+    return graphdef, state, cfg

@@ -1,0 +1,324 @@
+"""Qwen3.6 vision tower (HF ``model.visual``): patches of any number of images → merged tokens at LM width.
+
+Math (reference §6, pitfalls 19–22), per patch n of an image/frame with patch grid (h, w), row r, col c:
+
+1. ``x = pixel_values @ Wp + bp`` — the Conv3d(kernel = stride = (2, 16, 16)) as a matmul, vector order (C, T, kh, kw).
+2. ``x += Σ_4 taps pos_embed[tap] · weight`` — the learned √num_pos × √num_pos table resampled bilinearly
+   (align_corners=True) to (h, w): ``sr = r·(side−1)/max(h−1, 1)``; weights and sum in fp32, then cast.
+3. ``depth`` pre-LN blocks: ``x += proj(attn(LN1(x)))``, ``x += fc2(gelu_tanh(fc1(LN2(x))))``. Attention is
+   bidirectional *within one image/frame only*; q, k get a 2-D rotary (fp32): ``ang = concat(r·inv, c·inv)``,
+   ``inv = θ^(−2i/(hd/2))``, cos/sin = concat(ang, ang) over the full head dim, rotate-half.
+4. Merger: LN per patch, group 4 consecutive patches (one 2×2 block) → fc1 → exact GELU → fc2 (width ``out``).
+
+Bucketing (why the layout arrays exist): images are *packed* — the patches of all images concatenated and
+zero-padded to a bucket size N (:func:`patch_bucket`). Instead of static grids, each patch carries its
+:class:`PatchLayout` entry (segment id, row, col and its frame's grid h, w) as int32 arrays, so the position-table
+resampling, the rotary angles and the block-diagonal attention mask are all computed on device from data. A jitted
+forward therefore compiles once per bucket N, not once per image size. Padding patches have segment −1: they attend
+only among themselves and their merged rows (at the end) are ignored by the caller.
+
+Parameters (nnx paths mirror HF keys under ``model.visual.``; Linear kernels are ``[in, out]`` named ``kernel``,
+biases ``bias``; LayerNorms ``scale``/``bias``; the position table is ``pos_embed.embedding``; Conv3d
+``[hid, 3, 2, 16, 16]`` → ``patch_embed.proj.kernel [1536, hid]``). :data:`VISION_WEIGHT_MAP` is that table.
+All vision parameters are replicated (logical axes None): the tower is ~0.4 B params at 27B scale.
+
+Shape letters: N patches (padded), P patch vector (C·T·p·p), D vision width, H heads, K head dim, F = K/4
+rotary frequencies per axis, Q = N/4 merged tokens, O out width (= text hidden size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from cortex_jax import sharding
+from cortex_jax.checkpoint import IDENTITY, TRANSPOSE, Rule, Transform
+from cortex_jax.pytree import pytree_dataclass
+from models.qwen36.config import VisionConfig
+
+Array = jax.Array
+_F32 = jnp.float32
+_NEG = -1e30  # finite "−inf": keeps the online softmax free of (−inf) − (−inf)
+
+
+@pytree_dataclass()
+class PatchLayout:
+    """Per-patch metadata, all ``[N] int32``; built on the host by :func:`patch_layout`."""
+
+    segment: Array  # image/frame index (attention block), −1 for padding
+    row: Array  # patch row / col inside its frame (merge-block order is already applied)
+    col: Array
+    grid_h: Array  # the frame's patch grid, for the position-table resampling
+    grid_w: Array
+
+
+def patch_layout(grids: Sequence[tuple[int, int, int]], n_total: int, merge: int = 2) -> PatchLayout:
+    """Host-side layout for images with patch grids ``(t, h, w)`` packed in order, padded to ``n_total``.
+
+    Patch p of a frame sits at ``in_col = p % m, in_row = (p // m) % m, bc = (p // m²) % (w/m),
+    br = p // (m²·w/m)``, i.e. row = m·br + in_row, col = m·bc + in_col (reference §6).
+    """
+    seg, row, col, gh, gw = [], [], [], [], []
+    s = 0
+    for t, h, w in grids:
+        p = np.arange(h * w)
+        bw = w // merge
+        r = (p // (merge * merge * bw)) * merge + (p // merge) % merge
+        c = ((p // (merge * merge)) % bw) * merge + p % merge
+        for _ in range(t):  # each video frame is its own attention block
+            seg.append(np.full(h * w, s)), row.append(r), col.append(c)
+            gh.append(np.full(h * w, h)), gw.append(np.full(h * w, w))
+            s += 1
+    n = sum(len(x) for x in seg)
+    if n > n_total:
+        raise ValueError(f"{n} patches do not fit the bucket of {n_total}")
+    pad = n_total - n
+    cat = lambda xs, fill: np.concatenate([*xs, np.full(pad, fill)]).astype(np.int32)  # noqa: E731
+    return PatchLayout(cat(seg, -1), cat(row, 0), cat(col, 0), cat(gh, 1), cat(gw, 1))
+
+
+def patch_bucket(n: int, minimum: int = 64) -> int:
+    """Smallest of {2^k, 3·2^(k−1)} ≥ n (and ≥ minimum): ≤ 1.5× padding, ~2 compiles per octave of size."""
+    b = minimum
+    while b < n:
+        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
+    return b
+
+
+# ---- layers ------------------------------------------------------------------------------------------------
+def _zeros(key, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+class Dense(nnx.Module):
+    """``y = x @ kernel + bias`` with kernel ``[in, out]``."""
+
+    def __init__(self, d_in: int, d_out: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        self.kernel = sharding.param(rngs, init, (d_in, d_out), (None, None), param_dtype)
+        self.bias = sharding.param(rngs, _zeros, (d_out,), (None,), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """Standard LayerNorm with bias; statistics and affine in fp32, then cast (torch's bf16 LayerNorm does this)."""
+
+    def __init__(self, d: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.scale = sharding.param(rngs, nnx.initializers.ones, (d,), (None,), param_dtype)
+        self.bias = sharding.param(rngs, _zeros, (d,), (None,), param_dtype)
+        self.eps, self.dtype = eps, dtype
+
+    def __call__(self, x: Array) -> Array:
+        xf = x.astype(_F32)
+        mean = xf.mean(-1, keepdims=True)
+        var = jnp.square(xf - mean).mean(-1, keepdims=True)
+        y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(_F32) + self.bias[...].astype(_F32)).astype(self.dtype)
+
+
+def segment_attention(q: Array, k: Array, v: Array, segment: Array, block: int = 1024) -> Array:
+    """Bidirectional attention of ``[N, H, K]`` q/k/v where patch i sees patch j iff segment[i] == segment[j].
+
+    Scale K^−0.5, logits and softmax in fp32. For N ≤ block the ``[H, N, N]`` logits are formed at once; above,
+    keys are processed in blocks with an online softmax (flash-style) so memory is O(H·N·block): a 2048² image
+    is 16384 patches, whose full logits would be 17 GB. Same signature a Pallas/cuDNN varlen kernel would take.
+    """
+    n, h, d = q.shape
+    qs = q.astype(_F32) * (d**-0.5)
+    if n <= block:
+        logits = jnp.einsum("qhd,khd->hqk", qs, k.astype(_F32))
+        logits = jnp.where((segment[:, None] == segment[None, :])[None], logits, _NEG)
+        p = jax.nn.softmax(logits, axis=-1)
+        return jnp.einsum("hqk,khd->qhd", p.astype(v.dtype), v, preferred_element_type=_F32).astype(q.dtype)
+    n_blk = -(-n // block)
+    pad = n_blk * block - n
+    kb = jnp.pad(k, ((0, pad), (0, 0), (0, 0))).reshape(n_blk, block, h, d)
+    vb = jnp.pad(v, ((0, pad), (0, 0), (0, 0))).reshape(n_blk, block, h, d)
+    sb = jnp.pad(segment, (0, pad), constant_values=-2).reshape(n_blk, block)  # −2 matches nothing
+
+    def step(carry, blk):
+        m, l, acc = carry  # [H, N], [H, N], [H, N, K] fp32
+        k_i, v_i, s_i = blk
+        logits = jnp.einsum("qhd,khd->hqk", qs, k_i.astype(_F32))
+        mask = (segment[:, None] == s_i[None, :])[None]
+        logits = jnp.where(mask, logits, _NEG)
+        m_new = jnp.maximum(m, logits.max(-1))
+        p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
+        corr = jnp.exp(m - m_new)
+        l = l * corr + p.sum(-1)
+        acc = acc * corr[..., None] + jnp.einsum("hqk,khd->hqd", p.astype(v.dtype), v_i,
+                                                 preferred_element_type=_F32)
+        return (m_new, l, acc), None
+
+    init = (jnp.full((h, n), _NEG, _F32), jnp.zeros((h, n), _F32), jnp.zeros((h, n, d), _F32))
+    (_, l, acc), _ = jax.lax.scan(step, init, (kb, vb, sb))
+    return (acc / l[..., None]).transpose(1, 0, 2).astype(q.dtype)
+
+
+def _rotate_half(u: Array) -> Array:
+    half = u.shape[-1] // 2
+    return jnp.concatenate([-u[..., half:], u[..., :half]], axis=-1)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn_block: int):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.qkv = Dense(cfg.hidden_size, 3 * cfg.hidden_size, **kw)
+        self.proj = Dense(cfg.hidden_size, cfg.hidden_size, **kw)
+        self.num_heads, self.attn_block = cfg.num_heads, attn_block
+
+    def __call__(self, x: Array, cos: Array, sin: Array, segment: Array) -> Array:
+        n = x.shape[0]
+        q, k, v = self.qkv(x).reshape(n, 3, self.num_heads, -1).transpose(1, 0, 2, 3)  # 3 × [N, H, K]
+        with jax.named_scope("vision_rope"):  # fp32 rotation, cast back (HF apply_rotary_pos_emb_vision)
+            c, s = cos[:, None], sin[:, None]
+            rot = lambda u: (u.astype(_F32) * c + _rotate_half(u.astype(_F32)) * s).astype(u.dtype)  # noqa: E731
+            q, k = rot(q), rot(k)
+        with jax.named_scope("vision_attn"):
+            o = segment_attention(q, k, v, segment, self.attn_block)
+        return self.proj(o.reshape(n, -1))
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.linear_fc1 = Dense(cfg.hidden_size, cfg.intermediate_size, **kw)
+        self.linear_fc2 = Dense(cfg.intermediate_size, cfg.hidden_size, **kw)
+
+    def __call__(self, x: Array) -> Array:
+        return self.linear_fc2(jax.nn.gelu(self.linear_fc1(x), approximate=True))  # gelu_pytorch_tanh
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn_block: int):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.attn = Attention(cfg, **kw, attn_block=attn_block)
+        self.mlp = MLP(cfg, **kw)
+
+    def __call__(self, x, cos, sin, segment):
+        x = x + self.attn(self.norm1(x), cos, sin, segment)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.proj = Dense(cfg.patch_dim, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.proj(x)
+
+
+class PosEmbed(nnx.Module):
+    def __init__(self, n: int, d: int, *, param_dtype, rngs: nnx.Rngs):
+        self.embedding = sharding.param(rngs, nnx.initializers.normal(0.02), (n, d), (None, None), param_dtype)
+
+    def __call__(self, layout: PatchLayout) -> Array:
+        """Bilinear align_corners=True resampling of the square table at each patch: ``[N, D]`` fp32."""
+        side = int(round(self.embedding.shape[0] ** 0.5))
+
+        def axis(idx, size):  # HF vision_utils._interpolation_axis_taps_weights, same fp32 op order
+            src = idx.astype(_F32) * (side - 1) / jnp.maximum(size - 1, 1).astype(_F32)
+            fl = jnp.floor(src)
+            off = jnp.arange(2, dtype=_F32)
+            taps = jnp.clip(fl.astype(jnp.int32)[:, None] + jnp.arange(2), 0, side - 1)
+            return taps, jnp.maximum(1 - jnp.abs(src[:, None] - fl[:, None] - off), 0.0)
+
+        ht, hw = axis(layout.row, layout.grid_h)
+        wt, ww = axis(layout.col, layout.grid_w)
+        idx = (ht[:, :, None] * side + wt[:, None, :]).reshape(-1, 4)
+        wts = (hw[:, :, None] * ww[:, None, :]).reshape(-1, 4)
+        return (self.embedding[...][idx].astype(_F32) * wts[:, :, None]).sum(1)
+
+
+class Merger(nnx.Module):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d4 = cfg.hidden_size * cfg.spatial_merge_size**2
+        self.norm = LayerNorm(cfg.hidden_size, 1e-6, **kw)
+        self.linear_fc1 = Dense(d4, d4, **kw)
+        self.linear_fc2 = Dense(d4, cfg.out_hidden_size, **kw)
+        self.d4 = d4
+
+    def __call__(self, x: Array) -> Array:
+        x = self.norm(x).reshape(-1, self.d4)  # LN per patch, then 4 consecutive patches = one 2×2 block
+        return self.linear_fc2(jax.nn.gelu(self.linear_fc1(x), approximate=False))  # exact erf GELU
+
+
+class Qwen36VisionModel(nnx.Module):
+    """The vision tower. ``__call__(pixel_values [N, P], grid_thw) -> [N/4, O]``; :meth:`forward` is the
+    bucketed, jit-friendly entry taking a :class:`PatchLayout` instead of static grids."""
+
+    def __init__(self, vcfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+                 attn_block: int = 1024):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.cfg, self.dtype = vcfg, dtype
+        self.patch_embed = PatchEmbed(vcfg, **kw)
+        self.pos_embed = PosEmbed(vcfg.num_position_embeddings, vcfg.hidden_size, param_dtype=param_dtype,
+                                  rngs=rngs)
+        self.blocks = nnx.List([Block(vcfg, **kw, attn_block=attn_block) for _ in range(vcfg.depth)])
+        self.merger = Merger(vcfg, **kw)
+
+    def rotary(self, layout: PatchLayout) -> tuple[Array, Array]:
+        """cos, sin ``[N, K]`` fp32 from each patch's (row, col)."""
+        half = self.cfg.head_dim // 2
+        inv = 1.0 / (jnp.float32(self.cfg.rope_theta) ** (jnp.arange(0, half, 2, dtype=_F32) / half))  # [F]
+        ang = jnp.concatenate([layout.row.astype(_F32)[:, None] * inv, layout.col.astype(_F32)[:, None] * inv], -1)
+        ang = jnp.concatenate([ang, ang], -1)
+        return jnp.cos(ang), jnp.sin(ang)
+
+    def forward(self, pixel_values: Array, layout: PatchLayout) -> tuple[Array, Array]:
+        """(merged ``[N/4, O]``, last hidden ``[N, D]``); N must be a multiple of 4 (merge blocks)."""
+        with jax.named_scope("vision_embed"):
+            x = self.patch_embed(pixel_values.astype(self.dtype))  # pitfall 22: cast before the patch matmul
+            x = x + self.pos_embed(layout).astype(x.dtype)
+        cos, sin = self.rotary(layout)
+        for blk in self.blocks:
+            x = blk(x, cos, sin, layout.segment)
+        with jax.named_scope("vision_merger"):
+            return self.merger(x), x
+
+    def __call__(self, pixel_values: Array, grid_thw: Sequence[tuple[int, int, int]]) -> Array:
+        layout = patch_layout([tuple(int(v) for v in g) for g in grid_thw], pixel_values.shape[0],
+                              self.cfg.spatial_merge_size)
+        return self.forward(pixel_values, jax.tree.map(jnp.asarray, layout))[0]
+
+
+# ---- checkpoint mapping ------------------------------------------------------------------------------------
+# Conv3d weight [D, C, T, kh, kw] → Dense kernel [C·T·kh·kw, D]. Vision params are replicated, so the loader
+# always asks for the whole tensor (the flattened P axis could not be sliced per device anyway).
+CONV3D = Transform(
+    "conv3d",
+    lambda s: (int(np.prod(s[1:])), s[0]) if len(s) == 5 else ("bad-rank", *s),
+    lambda i: (i[1], slice(None), slice(None), slice(None), slice(None)),
+    lambda x: x.reshape(x.shape[0], -1).T,
+)
+# HF key after ``model.visual.`` (regex) → nnx path template below the vision module, transform.
+VISION_WEIGHT_MAP: tuple[tuple[str, str, Transform], ...] = (
+    (r"patch_embed\.proj\.weight", "patch_embed.proj.kernel", CONV3D),
+    (r"patch_embed\.proj\.bias", "patch_embed.proj.bias", IDENTITY),
+    (r"pos_embed\.weight", "pos_embed.embedding", IDENTITY),
+    (r"blocks\.(\d+)\.(norm1|norm2)\.weight", r"blocks.\1.\2.scale", IDENTITY),
+    (r"blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)\.weight", r"blocks.\1.\2.kernel",
+     TRANSPOSE),
+    (r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)\.bias",
+     r"blocks.\1.\2.bias", IDENTITY),
+    (r"merger\.norm\.weight", "merger.norm.scale", IDENTITY),
+    (r"merger\.(norm|linear_fc1|linear_fc2)\.bias", r"merger.\1.bias", IDENTITY),
+    (r"merger\.(linear_fc1|linear_fc2)\.weight", r"merger.\1.kernel", TRANSPOSE),
+)
+
+
+def vision_rules(dst_prefix: str = "visual.") -> tuple[Rule, ...]:
+    """Loader rules for ``model.visual.*`` → ``{dst_prefix}*`` (``""`` for a standalone vision model); pass them
+    as ``qwen36_weight_map(..., vision_rules=vision_rules())``."""
+    return tuple(Rule(r"model\.visual\." + pat, dst_prefix + tmpl, tf) for pat, tmpl, tf in VISION_WEIGHT_MAP)

@@ -1,0 +1,83 @@
+"""Per-request bookkeeping around a ``Fanout``: first event, metrics (TTFT, tokens, tok/s), and cleanup.
+
+``StreamContext.close()`` is idempotent and runs from every exit path (done, error, client disconnect): it
+cancels what still runs in the engine, releases the model lease and records the request's metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from serving.generation import Fanout
+
+_NOTHING = object()
+
+
+class StreamContext:
+    def __init__(
+        self, fan: Fanout, lease: Any, metrics: Any, model: str, route: str, t0: float, prompt_tokens: int
+    ):
+        self.fan = fan
+        self.lease = lease
+        self.metrics = metrics
+        self.model = model
+        self.route = route
+        self.t0 = t0
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.first_token_at: float | None = None
+        self._events: AsyncIterator[Any] | None = None
+        self._closed = False
+
+    def events(self, keepalive_s: float | None) -> AsyncIterator[Any]:
+        if self._events is None:
+            self._events = self.fan.events(keepalive_s)
+        return self._events
+
+    def observe(self, index: int, delta: Any) -> None:
+        if delta.token_ids and self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+            self.metrics.ttft.labels(self.model).observe(self.first_token_at - self.t0)
+        self.completion_tokens += len(delta.token_ids)
+        if (
+            delta.finish_reason is not None
+            and delta.timings is not None
+            and delta.timings.decode_tokens_per_s
+        ):
+            self.metrics.tokens_per_second.labels(self.model).observe(delta.timings.decode_tokens_per_s)
+        if delta.finish_reason is not None and delta.timings is not None:
+            self.metrics.queue_wait.labels(self.model).observe(delta.timings.queue_s)
+
+    async def iterate(self, keepalive_s: float | None, first: Any = _NOTHING) -> AsyncIterator[Any]:
+        """Events (``(index, delta)`` or ``None`` ticks), starting with an already-fetched ``first``."""
+        if first is not _NOTHING:
+            if first is not None:
+                self.observe(*first)
+            yield first
+        async for ev in self.events(keepalive_s):
+            if ev is not None:
+                self.observe(*ev)
+            yield ev
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.fan.aclose()
+        finally:
+            self.lease.release()
+            m = self.metrics
+            m.prompt_tokens.labels(self.model).inc(self.prompt_tokens)
+            m.completion_tokens.labels(self.model).inc(self.completion_tokens)
+            m.duration.labels(self.model, self.route).observe(time.monotonic() - self.t0)
+
+
+async def first_event(ctx: StreamContext, keepalive_s: float) -> Any:
+    """The first event of a stream (a delta, or None after ``keepalive_s``); ApiError if admission fails."""
+    try:
+        return await ctx.events(keepalive_s).__anext__()
+    except StopAsyncIteration:
+        return None
