@@ -148,7 +148,8 @@ class Engine:
 
         row = (SamplingParams(temperature=0.0), 0, 0)
         for b in self.runner.buckets:
-            self.runner.prefill(0, [0] * b, _arange3(b), fresh=True, last=True, rope_delta=0, sampling=row)
+            self.runner.prefill(0, [0] * b, _arange3(b), fresh=True, last=True, rope_delta=0, sampling=row,
+                                num_top=MAX_TOP_LOGPROBS)
         for top in (0, MAX_TOP_LOGPROBS):
             self.runner.decode([None] * self.runner.num_slots, num_top=top)
 
@@ -239,7 +240,7 @@ class Engine:
             res = runner.prefill(seq.slot, seq.prompt[chunk.start:chunk.end],
                                  seq.chunk_positions(chunk.start, chunk.end), fresh=chunk.fresh,
                                  last=chunk.last, rope_delta=seq.rope_delta, sampling=seq.sampling_row(),
-                                 num_top=_num_top([seq]), input_embeds=emb)
+                                 num_top=MAX_TOP_LOGPROBS, input_embeds=emb)
             sched.mark_prefilled(chunk)
             self._counts["prefill_chunks"] += 1
             if res is not None:
@@ -308,7 +309,8 @@ class Engine:
 
 
 def _num_top(seqs) -> int:
-    # Two compiled variants only: without alternatives, or with the maximum (20) sliced per request.
+    # Decode compiles two variants: without alternatives, or with the maximum (20) sliced per request. Prefill
+    # (one row) always computes 20: negligible work, and half the prefill compiles.
     return MAX_TOP_LOGPROBS if any(s.params.top_logprobs > 0 for s in seqs) else 0
 
 

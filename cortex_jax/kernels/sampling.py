@@ -10,8 +10,8 @@ Per row, in this order (HF's warper order; vLLM applies the same set):
 2. greedy rows (``temperature == 0``) take ``argmax`` here;
 3. ``x / temperature``; top-k, top-p and min-p become one *value threshold* per row (found on a sorted copy),
    and every logit below it is masked to −inf in vocabulary order;
-4. Gumbel-max: ``argmax(x + g)`` with ``g ~ Gumbel(0, 1)`` drawn from the row's own key
-   ``fold_in(key(seed), step)``, where ``step`` counts the tokens that request has generated so far.
+4. Gumbel-max: ``argmax(x + g)`` with ``g ~ Gumbel(0, 1)`` a hash of the row's own (seed, step, token id),
+   where ``step`` counts the tokens that request has generated so far (see ``gumbel_noise``).
 
 Why this shape: a row's result depends only on its own logits, settings, seed and step, never on its batch
 companions (same seed ⇒ same output; greedy in a batch = greedy alone). The sort runs only when some row
@@ -114,9 +114,29 @@ def _filter_threshold(x: Array, p: SamplingArrays) -> Array:
     return jnp.maximum(t_kp, t_min)
 
 
-def _row_keys(p: SamplingArrays) -> Array:
+def _hash32(x: Array) -> Array:
+    """``lowbias32`` (C. Wellons' integer hash): full avalanche on uint32 in 5 elementwise ops."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(p: SamplingArrays, v: int) -> Array:
+    """Gumbel(0, 1) noise ``[B, V]`` from a counter-based hash of (seed, step, token index).
+
+    Why not ``jax.random``: threefry under ``vmap`` over per-row keys costs seconds of XLA compile on CPU and
+    ~20 integer ops per element per step; one avalanche hash per element is enough for sampling, elementwise,
+    and depends only on the row's own seed and step.
+    """
     seed = jax.lax.bitcast_convert_type(p.ints[:, _I_SEED], jnp.uint32)
-    return jax.vmap(lambda s, n: jax.random.fold_in(jax.random.key(s), n))(seed, p.ints[:, _I_STEP])
+    step = p.ints[:, _I_STEP].astype(jnp.uint32)
+    row = _hash32(seed * jnp.uint32(0x9E3779B9) ^ _hash32(step + jnp.uint32(0x632BE5AB)))  # [B]
+    col = _hash32(jnp.arange(v, dtype=jnp.uint32) * jnp.uint32(0x85EBCA6B) + jnp.uint32(0xC2B2AE35))  # [V]
+    bits = _hash32(row[:, None] ^ col[None, :])
+    u = ((bits >> 8).astype(jnp.float32) + 0.5) * (1.0 / (1 << 24))  # (0, 1), 24 bits
+    return -jnp.log(-jnp.log(u))
 
 
 def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array, num_top: int = 0) -> SampleOut:
@@ -137,7 +157,7 @@ def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array, 
         return jnp.where(x >= t[:, None], x, -jnp.inf)
 
     x = jax.lax.cond(jnp.any(filters), masked, lambda x: x, x)
-    gumbel = jax.vmap(lambda k: jax.random.gumbel(k, x.shape[-1:], jnp.float32))(_row_keys(p))
+    gumbel = gumbel_noise(p, x.shape[-1])
     tok = jnp.where(stochastic, jnp.argmax(x + gumbel, axis=-1), greedy_tok).astype(jnp.int32)
 
     chosen = jnp.take_along_axis(raw_lp, tok[:, None], axis=-1)[:, 0]

@@ -24,9 +24,10 @@ from tests.engine.fakes import EOS, FakeDetokenizer, FakeTokenizer, fake_runner
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
-def make_engine(slots=4, max_context=128, max_queue=32, **cfg) -> Engine:
-    return Engine(fake_runner(slots=slots, max_context=max_context), FakeTokenizer(),
-                  EngineConfig(max_queue=max_queue, **cfg), detokenizer=FakeDetokenizer)
+def make_engine(max_queue=32, **cfg) -> Engine:
+    # Every engine here has the same pool shape (4 slots × 128 tokens) so they share one compilation cache.
+    return Engine(fake_runner(slots=4, max_context=128), FakeTokenizer(), EngineConfig(max_queue=max_queue, **cfg),
+                  detokenizer=FakeDetokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_concurrent_greedy_equals_alone(engine):
 
 
 def test_long_prompt_prefills_in_chunks_while_others_stream():
-    eng = make_engine(slots=4)
+    eng = make_engine()
     long_prompt = prompt(99, 100)  # 7 chunks of 16
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     long_alone = ids(run_sync(eng, long_prompt, GREEDY))
@@ -167,7 +168,7 @@ def test_stop_token_ids_and_eos(engine):
 
 
 def test_max_tokens_and_context_limit():
-    eng = make_engine(slots=2, max_context=32)
+    eng = make_engine(max_context=32)
     out = run_sync(eng, prompt(0, 4), SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True))
     assert len(ids(out)) == 3 and out[-1].finish_reason == "length"
     out = run_sync(eng, prompt(0, 29), SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True))
@@ -223,17 +224,17 @@ def test_cancellation_frees_the_slot(engine):
 
 
 def test_queue_overflow_is_refused_immediately():
-    eng = make_engine(slots=2, max_queue=2)
-    long = SamplingParams(temperature=0.0, max_tokens=10_000, ignore_eos=True)
-    running = [eng.generate_sync(GenerationRequest(prompt(i, 3), long)) for i in range(2)]
-    _wait(lambda: eng.stats().slots_used == 2)
+    eng = make_engine(max_queue=2)
+    long = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
+    running = [eng.generate_sync(GenerationRequest(prompt(i, 3), long)) for i in range(4)]
+    _wait(lambda: eng.stats().slots_used == 4)
     queued = [eng.generate_sync(GenerationRequest(prompt(i, 3), long)) for i in range(2)]
     t0 = time.perf_counter()
     with pytest.raises(QueueFullError):
         eng.generate_sync(GenerationRequest(prompt(9, 3), long))
     assert time.perf_counter() - t0 < 0.1
     st = eng.stats()
-    assert (st.slots_used, st.queue_depth, st.in_flight) == (2, 2, 4)
+    assert (st.slots_used, st.queue_depth, st.in_flight) == (4, 2, 6)
     for s in running + queued:
         s.cancel()
     _wait(lambda: eng.stats().in_flight == 0)
@@ -257,23 +258,23 @@ def test_500_sequential_requests_leave_no_trace(engine):
 
 
 def test_shutdown_drain_and_abort():
-    eng = make_engine(slots=2)
+    eng = make_engine()
     p = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
 
     async def drain():
-        tasks = [asyncio.create_task(run_async(eng, prompt(i, 3), p)) for i in range(3)]
+        tasks = [asyncio.create_task(run_async(eng, prompt(i, 3), p)) for i in range(6)]
         await asyncio.sleep(0)
         await eng.shutdown(drain=True)
         with pytest.raises(EngineClosedError):
             eng.generate(GenerationRequest([1], p))
         return await asyncio.gather(*tasks)
 
-    assert [d[-1].finish_reason for d in asyncio.run(drain())] == ["length"] * 3
+    assert [d[-1].finish_reason for d in asyncio.run(drain())] == ["length"] * 6
 
-    eng = make_engine(slots=2)
-    streams = [eng.generate_sync(GenerationRequest(prompt(i, 3), p.replace(max_tokens=10_000))) for i in range(3)]
+    eng = make_engine()
+    streams = [eng.generate_sync(GenerationRequest(prompt(i, 3), p.replace(max_tokens=100))) for i in range(6)]
     eng.close(drain=False)
-    assert [list(s)[-1].finish_reason for s in streams] == ["abort"] * 3
+    assert [list(s)[-1].finish_reason for s in streams] == ["abort"] * 6
 
 
 def test_timings_and_stats(engine):

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+HTTP = httpx.Client(timeout=5)  # one client for the harness (a fresh httpx client costs an SSL context)
 
 
 def free_port() -> int:
@@ -91,6 +92,10 @@ class Proc:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
 
+    def terminate(self) -> None:
+        if self.alive():
+            self.proc.terminate()
+
     def stop(self) -> None:
         if self.alive():
             self.proc.terminate()
@@ -122,14 +127,18 @@ class FakeNeuron(Proc):
     def start(self, wait: bool = True) -> FakeNeuron:
         super().start()
         if wait:
-            wait_until(lambda: httpx.get(self.url + "/health", timeout=1).status_code == 200, 20,
-                       what=f"fake neuron {self.name}")
+            self.wait()
+        return self
+
+    def wait(self) -> FakeNeuron:
+        wait_until(lambda: HTTP.get(self.url + "/health", timeout=1).status_code == 200, 30,
+                   what=f"fake neuron {self.name}")
         return self
 
     def ctl(self, path: str, body: dict[str, Any] | None = None) -> Any:
         if body is None:
-            return httpx.get(self.url + "/_fake/" + path, timeout=5).json()
-        return httpx.post(self.url + "/_fake/" + path, json=body, timeout=5).json()
+            return HTTP.get(self.url + "/_fake/" + path).json()
+        return HTTP.post(self.url + "/_fake/" + path, json=body).json()
 
     def stats(self) -> dict[str, Any]:
         return self.ctl("stats")
@@ -174,24 +183,41 @@ class Gateway(Proc):
     def start(self, up: int | None = None) -> Gateway:
         """Start and wait until it answers `/health` (and, with `up`, until that many nodes are up)."""
         super().start()
+        return self.wait(up)
 
+    def wait(self, up: int | None = None) -> Gateway:
         def ready() -> bool:
             if not self.alive():
                 raise AssertionError(f"gateway exited:\n{self.output()}")
-            h = httpx.get(self.url + "/health", timeout=1).json()
+            h = HTTP.get(self.url + "/health", timeout=1).json()
             return up is None or h["nodes_up"] >= up
 
-        wait_until(ready, 20, what="gateway health")
+        wait_until(ready, 30, what="gateway health")
         return self
 
     def status(self, headers: dict[str, str] | None = None) -> dict[str, Any]:
-        return httpx.get(self.url + "/admin/status", headers=headers, timeout=5).json()
+        return HTTP.get(self.url + "/admin/status", headers=headers).json()
 
     def model_state(self, model: str, node: str) -> str | None:
         for n in self.status()["nodes"]:
             if n["name"] == node:
                 return next((m["state"] for m in n["models"] if m["id"] == model), None)
         return None
+
+
+def start_all(*procs: Proc) -> None:
+    """Start processes together (start-up dominates test time on a busy machine), then wait for each."""
+    for p in procs:
+        Proc.start(p)
+    for p in procs:
+        p.wait()
+
+
+def stop_all(procs: list[Proc]) -> None:
+    for p in procs:
+        p.terminate()
+    for p in reversed(procs):
+        p.stop()
 
 
 @pytest.fixture
@@ -206,8 +232,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Any]]:
         return proc
 
     yield make
-    for p in reversed(procs):
-        p.stop()
+    stop_all(procs)
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +248,7 @@ def module_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
         return proc
 
     yield make
-    for p in reversed(procs):
-        p.stop()
+    stop_all(procs)
 
 
 def chat_body(model: str, text: str = "hello there", **kw: Any) -> dict[str, Any]:

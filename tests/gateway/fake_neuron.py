@@ -45,7 +45,7 @@ class FakeState:
         self.budget = int(s.get("budget_bytes", 1 << 40))
         self.knobs = {"tokens": s.get("tokens", 4), "token_delay": s.get("token_delay", 0.0),
                       "load_seconds": s.get("load_seconds", 0.05)}
-        self.models = {m["id"]: {"need": int(m.get("memory_needed_bytes", 0)),
+        self.models = {m["id"]: {"need": int(m.get("memory_needed_bytes", 0)), "load_seconds": m.get("load_seconds"),
                                  "state": "loaded" if m.get("loaded") else "available",
                                  "in_flight": 0, "last_used": None} for m in s.get("models", [])}
         self.loading: dict[str, asyncio.Event] = {}
@@ -121,7 +121,8 @@ def create_app(spec: dict[str, Any]) -> Quart:
         return jsonify({"model": model, "state": "loaded", "load_seconds": time.perf_counter() - started})
 
     async def _do_load(model: str) -> None:
-        await asyncio.sleep(st.knobs["load_seconds"])
+        seconds = st.models[model]["load_seconds"]
+        await asyncio.sleep(st.knobs["load_seconds"] if seconds is None else seconds)
         st.models[model]["state"] = "loaded"
         st.loading.pop(model).set()
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.conftest import chat_body, wait_until
+from tests.gateway.conftest import chat_body, start_all, wait_until
 
 METRIC_NAMES = {
     "cortex_requests", "cortex_prompt_tokens", "cortex_completion_tokens", "cortex_request_duration_seconds",
@@ -23,12 +23,13 @@ METRIC_NAMES = {
 @pytest.fixture(scope="module")
 def fleet(module_spawn):
     a = module_spawn("neuron", {"name": "a", "models": [{"id": "m1", "memory_needed_bytes": 10, "loaded": True},
-                                                        {"id": "m2", "memory_needed_bytes": 10}]}).start()
+                                                        {"id": "m2", "memory_needed_bytes": 10}]})
     b = module_spawn("neuron", {"name": "b", "models": [{"id": "m2", "memory_needed_bytes": 10},
                                                         {"id": "m3", "memory_needed_bytes": 10, "loaded": True}]})
-    b.start()
     models = [{"id": "m1", "aliases": ["fast"]}, {"id": "m3", "neurons": ["b"], "priority": 3}]
-    gw = module_spawn("gateway", [("a", a.url), ("b", b.url)], models=models).start(up=2)
+    gw = module_spawn("gateway", [("a", a.url), ("b", b.url)], models=models)
+    start_all(a, b, gw)
+    gw.wait(up=2)
     return gw, a, b
 
 
