@@ -13,7 +13,8 @@ the target state path (``re`` template, dotted nnx path such as ``model.layers.3
    callback reads that slice from the mmap, applies the transform and casts to the param dtype.
 
 The headers are parsed here rather than with ``safetensors.safe_open``: its numpy backend cannot return bf16
-(``TypeError: data type 'bfloat16' not understood`` with safetensors 0.8), and the format (8-byte little-endian
+(``TypeError: data type 'bfloat16' not understood`` with safetensors 0.8), and the format (8-byte
+little-endian
 header length, JSON header with ``dtype``/``shape``/``data_offsets``, raw little-endian data) is simple to
 validate strictly. bf16 uses ``ml_dtypes.bfloat16``.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
@@ -39,8 +41,16 @@ SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 _DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 
 Index = tuple[slice, ...]
@@ -55,7 +65,8 @@ class CheckpointError(Exception):
 
 @dataclass(frozen=True)
 class Transform:
-    """File layout → param layout. ``out_shape`` maps shapes; ``src_index`` maps a param slice to the file slice
+    """File layout → param layout. ``out_shape`` maps shapes; ``src_index`` maps a param slice to the file
+    slice
     that holds it; ``apply`` turns that file slice into the param slice."""
 
     name: str
@@ -127,10 +138,14 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
         with open(file, "rb") as f:
             raw_len = f.read(8)
             if len(raw_len) != 8:
-                raise CheckpointError(f"{file}: corrupt safetensors file (shorter than the 8-byte header length)")
+                raise CheckpointError(
+                    f"{file}: corrupt safetensors file (shorter than the 8-byte header length)"
+                )
             n = int.from_bytes(raw_len, "little")
             if n <= 0 or 8 + n > size:
-                raise CheckpointError(f"{file}: corrupt safetensors file (header length {n} exceeds file size {size})")
+                raise CheckpointError(
+                    f"{file}: corrupt safetensors file (header length {n} exceeds file size {size})"
+                )
             header = json.loads(f.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file}: corrupt safetensors file ({e})") from e
@@ -142,7 +157,11 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
         if key == "__metadata__":
             continue
         try:
-            dtype, shape, (start, end) = meta["dtype"], tuple(int(s) for s in meta["shape"]), meta["data_offsets"]
+            dtype, shape, (start, end) = (
+                meta["dtype"],
+                tuple(int(s) for s in meta["shape"]),
+                meta["data_offsets"],
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{file}: corrupt safetensors header entry for {key!r}: {meta!r}") from e
         if dtype not in _DTYPES:
@@ -151,7 +170,8 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
         if end - start != expect or start < 0 or base + end > size:
             raise CheckpointError(
                 f"{file}: corrupt safetensors file: tensor {key!r} {dtype}{list(shape)} spans bytes "
-                f"[{start}, {end}) of a {size - base}-byte data section (expected {expect} bytes)")
+                f"[{start}, {end}) of a {size - base}-byte data section (expected {expect} bytes)"
+            )
         out[key] = TensorInfo(key, file, dtype, shape, base + start, base + end)
     return out
 
@@ -173,7 +193,9 @@ def list_tensors(ckpt_dir: str | Path) -> dict[str, TensorInfo]:
             if not f.is_file():
                 raise CheckpointError(f"{index}: shard {fname} is listed but missing")
             tensors.update(read_header(f))
-        listed_missing = [k for k, fname in weight_map.items() if k not in tensors or tensors[k].file.name != fname]
+        listed_missing = [
+            k for k, fname in weight_map.items() if k not in tensors or tensors[k].file.name != fname
+        ]
         if listed_missing:
             raise CheckpointError(f"{index}: keys listed but not in their shard: {listed_missing[:10]}")
         return tensors
@@ -203,8 +225,9 @@ def _path_str(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
 
-def resolve(keys: Sequence[str], weight_map: Sequence[Rule]) -> tuple[dict[str, tuple[str, Transform]],
-                                                                       list[str], list[str]]:
+def resolve(
+    keys: Sequence[str], weight_map: Sequence[Rule]
+) -> tuple[dict[str, tuple[str, Transform]], list[str], list[str]]:
     """Map checkpoint keys: returns ({key: (target, transform)}, unexpected messages, dropped keys)."""
     mapped, unexpected, dropped = {}, [], []
     for key in keys:
@@ -239,7 +262,8 @@ def load_state(
     ``shardings``: a pytree like ``abstract_state`` of ``jax.sharding.Sharding`` (see
     ``cortex_jax.sharding.state_shardings``). ``dtype``: cast every floating param to it (default: each
     param's abstract dtype). ``progress(done, total, bytes_done, bytes_total)`` is called after each tensor.
-    ``ignore_prefixes``: checkpoint keys starting with these are skipped on purpose (never silently otherwise).
+    ``ignore_prefixes``: checkpoint keys starting with these are skipped on purpose (never silently
+    otherwise).
     """
     tensors = list_tensors(ckpt_dir)
     keys = [k for k in tensors if not any(k.startswith(p) for p in ignore_prefixes)]
@@ -248,8 +272,11 @@ def load_state(
         log.info("checkpoint key %s skipped by the weight map", k)
 
     flat = {_path_str(p): v for p, v in nnx.to_flat_state(abstract_state)}
-    flat_sh = {_path_str(p): s for p, s in nnx.to_flat_state(shardings)} if isinstance(shardings, nnx.State) \
+    flat_sh = (
+        {_path_str(p): s for p, s in nnx.to_flat_state(shardings)}
+        if isinstance(shardings, nnx.State)
         else {_path_str(p): s for p, s in _flat_shardings(shardings)}
+    )
     filled: dict[str, str] = {}
     for key, (target, tf) in mapped.items():
         info = tensors[key]
@@ -263,8 +290,9 @@ def load_state(
         want = tuple(flat[target].shape)
         got = tf.out_shape(info.shape)
         if got != want:
-            problems.append(f"{key}: shape {list(info.shape)} ({tf.name} -> {list(got)}) but {target} needs "
-                            f"{list(want)}")
+            problems.append(
+                f"{key}: shape {list(info.shape)} ({tf.name} -> {list(got)}) but {target} needs {list(want)}"
+            )
     missing = sorted(set(flat) - set(filled))
     if problems or missing:
         lines = [f"checkpoint {ckpt_dir} does not match the model:"]
@@ -278,14 +306,15 @@ def load_state(
 
     mmaps = _Mmaps()
     total, bytes_total = len(filled), sum(tensors[k].nbytes for k in filled.values())
-    done = bytes_done = 0
+    bytes_done = 0
     out = []
-    for path, var in nnx.to_flat_state(abstract_state):
+    for done, (path, var) in enumerate(nnx.to_flat_state(abstract_state), start=1):
         target = _path_str(path)
         key = filled[target]
         info, tf = tensors[key], mapped[key][1]
-        want_dtype = np.dtype(dtype if dtype is not None and np.issubdtype(var.dtype, np.floating)
-                              else var.dtype)
+        want_dtype = np.dtype(
+            dtype if dtype is not None and jnp.issubdtype(var.dtype, jnp.floating) else var.dtype
+        )
         src = mmaps.view(info)
 
         def cb(index: Index, src=src, tf=tf, want_dtype=want_dtype, shape=tuple(var.shape)) -> np.ndarray:
@@ -297,7 +326,6 @@ def load_state(
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{info.file}: cannot read tensor {key!r}: {e}") from e
         out.append((path, var.replace(value=arr)))
-        done += 1
         bytes_done += info.nbytes
         if progress is not None:
             progress(done, total, bytes_done, bytes_total)
@@ -305,6 +333,8 @@ def load_state(
 
 
 def _flat_shardings(shardings: Any):
-    leaves = jax.tree_util.tree_leaves_with_path(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    leaves = jax.tree_util.tree_leaves_with_path(
+        shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+    )
     for p, s in leaves:
         yield tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in p), s

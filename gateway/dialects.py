@@ -141,8 +141,10 @@ def _anthropic_routes() -> Blueprint:
         st = _state()
         req = await _parse(CountTokensRequest)
         body = count_tokens_body(req, st.signer, allow_image_urls=st.options.allow_image_urls)
-        result = await _backend().tokenize(body)
-        return {"input_tokens": int(result["count"])}
+        count = (await _backend().tokenize(body)).get("count")
+        if not isinstance(count, int):
+            raise DialectError("the neuron's /tokenize reply has no token count", status=502)
+        return {"input_tokens": count}
 
     @bp.errorhandler(DialectError)
     async def _dialect_error(exc: DialectError) -> Any:

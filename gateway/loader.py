@@ -80,6 +80,8 @@ class ModelManager:
     async def _load_anywhere(self, model: str, exclude: frozenset[str]) -> str:
         tried: set[str] = set(exclude)
         last: UpstreamError | None = None
+        # Decide on fresh figures: a cold load is rare and slow, one more poll round-trip is cheap.
+        await asyncio.gather(*(self.fleet.refresh(n.name) for n in self.catalog.candidates(model)))
         while True:
             node = self.best_node(model, frozenset(tried))
             if node is None:

@@ -26,12 +26,13 @@ from gateway.settings import Settings
 from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_events
 
 _JSON = {"content-type": "application/json"}
-_STALE_CODES = ("model_not_found", "model_not_loaded")
+# Codes meaning "this node does not have the model loaded (any more)": the gateway's view was stale.
+_STALE_CODES = ("model_not_found", "model_not_loaded", "model_loading", "model_unloading")
 
 
 class _Retry(Exception):
-    def __init__(self, error: UpstreamError):
-        self.error = error
+    def __init__(self, error: UpstreamError, exclude: bool = True):
+        self.error, self.exclude = error, exclude
 
 
 @dataclass
@@ -225,11 +226,11 @@ class Proxy:
                 resp = await self.client.send(req, stream=True)
                 if resp.status_code >= 400:
                     err = error_from_response(resp, await resp.aread())
-                    if resp.status_code >= 500:
-                        raise _Retry(err)
                     if err.error.get("code") in _STALE_CODES and stale_retry:
-                        stale_retry = False  # our view of the node was stale: reload and try again
+                        stale_retry = False  # our view of the node was stale: re-place and try again
                         self.fleet.set_model_state(node, model, "available")
+                        raise _Retry(err, exclude=False)
+                    if resp.status_code >= 500:
                         raise _Retry(err)
                     raise err
                 return node, resp, await read_first(resp)
@@ -239,7 +240,7 @@ class Proxy:
                 self.fleet.end(model, node)
                 if isinstance(exc, _Retry):
                     last = exc.error
-                    if exc.error.status >= 500:
+                    if exc.exclude:
                         tried.add(node)
                 else:
                     tried.add(node)

@@ -20,6 +20,7 @@ def _config(bind: str) -> Config:
     cfg = Config()
     cfg.bind = [bind]
     cfg.accesslog = None
+    cfg.errorlog = logging.getLogger("hypercorn.error")  # through the root handler, not a second one
     cfg.keep_alive_timeout = 75
     cfg.graceful_timeout = 10
     cfg.include_server_header = False

@@ -46,7 +46,8 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
     context = min(settings.context_limit, cfg.text.max_position_embeddings)
     progress(0.87, "cache")
     runner = runner_for_model(graphdef, state, cfg, num_slots=settings.slots, max_context=context,
-                              cache_dtype=jdtype, mesh=mesh)
+                              cache_dtype=jdtype, mesh=mesh,
+                              prefill_buckets=settings.prefill_buckets)
     eos = tuple(sorted(set(tokenizer.eos_token_ids) | set(cfg.text.eos_token_ids)))
     progress(0.93, "engine")
     engine = Engine(runner, tokenizer, EngineConfig(max_queue=settings.queue, warmup=settings.warmup), eos_token_ids=eos)

@@ -7,6 +7,7 @@ SIGTERM/SIGINT: stop admitting (new requests get 503), let in-flight requests fi
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import signal
 import sys
@@ -65,11 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cortex-neuron: {e}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_format)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` dumps every thread's stack
     if settings.compile_cache_dir is not None:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", str(settings.compile_cache_dir))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     try:
         return asyncio.run(serve(settings))
     except SettingsError as e:

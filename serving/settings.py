@@ -41,6 +41,7 @@ class Settings:
     queue: int = 64  # admission queue per model beyond the slots
     context_limit: int = 4096  # tokens per sequence (prompt + completion); capped by the model's own limit
     tensor_parallel: int = 1  # default TP size for loads that do not name one
+    prefill_buckets: tuple[int, ...] = (64, 128, 256, 512)  # padded prompt-chunk lengths (one compile each)
     dtype: str = "auto"  # weights/cache dtype: auto = bfloat16 on accelerators, float32 on CPU
     memory_budget_gb: float | None = None  # cap on device memory for models; None = what the devices report
     max_request_bytes: int = 32 * 1024 * 1024
@@ -105,6 +106,9 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     try:
         if key == "models":
             return _parse_models(value)
+        if key == "prefill_buckets":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(sorted(int(x) for x in items))
         if key == "load":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(str(x).strip() for x in items if str(x).strip())
@@ -207,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         const="false",
         help="do not serve the embedded qwen3.6-tiny model",
     )
-    for key in sorted(set(_SCALAR_TYPES) - {"embedded"}) + ["models_dir", "compile_cache_dir"]:
+    for key in sorted(set(_SCALAR_TYPES) - {"embedded"}) + ["models_dir", "compile_cache_dir", "prefill_buckets"]:
         flag = "--" + key.replace("_", "-")
         p.add_argument(flag, dest=key, metavar=key.upper(), help=f"see docs/neuron.md ({key})")
     return p
@@ -255,6 +259,8 @@ def validate(s: Settings) -> Settings:
         raise bad("log_format", f"must be one of {LOG_FORMATS}, got {s.log_format!r}")
     if s.memory_budget_gb is not None and s.memory_budget_gb <= 0:
         raise bad("memory_budget_gb", "must be > 0")
+    if not s.prefill_buckets or min(s.prefill_buckets) < 1:
+        raise bad("prefill_buckets", f"must be positive token counts, got {s.prefill_buckets}")
     if s.max_images < 0:
         raise bad("max_images", "must be >= 0")
     if s.keepalive_s <= 0:

@@ -69,8 +69,10 @@ def tiny_text_config_dict(*, value_heads_per_key: int = 2, **overrides: Any) -> 
     d.update(overrides)
     if "layer_types" not in d:
         interval = d.pop("full_attention_interval", 4)
-        d["layer_types"] = ["full_attention" if (i + 1) % interval == 0 else "linear_attention"
-                            for i in range(d["num_hidden_layers"])]
+        d["layer_types"] = [
+            "full_attention" if (i + 1) % interval == 0 else "linear_attention"
+            for i in range(d["num_hidden_layers"])
+        ]
     d["model_type"] = "qwen3_5_text"
     return d
 
@@ -82,7 +84,8 @@ def tiny_vision_config_dict(out_hidden_size: int = 64, **overrides: Any) -> dict
 
 
 def _perturb(model, seed: int) -> None:
-    """Move every weight away from HF's init with a fixed seed: norms/offsets get O(0.1–0.3) noise (a (1+w) vs w
+    """Move every weight away from HF's init with a fixed seed: norms/offsets get O(0.1–0.3) noise (a (1+w)
+    vs w
     mix-up then shows), dt_bias/A_log spread out, matrices get unit-scale fan-in init so logits are O(1)."""
     import torch
 
@@ -123,7 +126,12 @@ def make_tiny_hf_checkpoint(
     ``max_shard_size`` (e.g. ``"20KB"``) forces a sharded save with ``model.safetensors.index.json``.
     """
     import torch
-    from transformers import Qwen3_5Config, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig
+    from transformers import (
+        Qwen3_5Config,
+        Qwen3_5ForCausalLM,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5TextConfig,
+    )
 
     path = Path(path)
     torch.manual_seed(seed)
@@ -132,8 +140,11 @@ def make_tiny_hf_checkpoint(
         text["mtp_num_hidden_layers"] = 1
     if vision:
         text.pop("model_type")
-        cfg = Qwen3_5Config(text_config=text, vision_config=tiny_vision_config_dict(text["hidden_size"]),
-                            tie_word_embeddings=tie)
+        cfg = Qwen3_5Config(
+            text_config=text,
+            vision_config=tiny_vision_config_dict(text["hidden_size"]),
+            tie_word_embeddings=tie,
+        )
         model = Qwen3_5ForConditionalGeneration(cfg)
     else:
         text.pop("model_type")
@@ -156,8 +167,13 @@ def _append_mtp(path: Path, text_cfg: Any, seed: int, dtype: Any) -> None:
     from safetensors.torch import load_file, save_file
 
     gen = torch.Generator().manual_seed(seed + 1)
-    d, h, hkv, hd, f = (text_cfg.hidden_size, text_cfg.num_attention_heads, text_cfg.num_key_value_heads,
-                        text_cfg.head_dim, text_cfg.intermediate_size)
+    d, h, hkv, hd, f = (
+        text_cfg.hidden_size,
+        text_cfg.num_attention_heads,
+        text_cfg.num_key_value_heads,
+        text_cfg.head_dim,
+        text_cfg.intermediate_size,
+    )
     shapes = {
         "mtp.fc.weight": (d, 2 * d),
         "mtp.pre_fc_norm_embedding.weight": (d,),

@@ -6,9 +6,11 @@ Shape letters: B rows (slots), S max cached tokens, Hkv KV heads, hd head dim, K
 
 * ``AttnCache(k, v)``: ``[B, S, Hkv, hd]`` each, model dtype, post-k_norm and post-RoPE. Entries at
   index ≥ ``lengths[b]`` are stale and never read.
-* ``GdnCache(conv, recurrent)``: ``conv [B, K-1, C]`` the last K−1 *raw* ``in_proj_qkv`` outputs (model dtype),
+* ``GdnCache(conv, recurrent)``: ``conv [B, K-1, C]`` the last K−1 *raw* ``in_proj_qkv`` outputs (model
+  dtype),
   ``recurrent [B, Hv, dk, dv]`` float32 (pitfall 13).
-* ``HybridCache(layers, lengths)``: one entry per decoder layer in ``layer_kinds`` order; ``lengths [B] int32``.
+* ``HybridCache(layers, lengths)``: one entry per decoder layer in ``layer_kinds`` order; ``lengths [B]
+  int32``.
 
 The engine's slot pool is one HybridCache whose batch axis is the slot count: :func:`reset_rows` frees slots,
 :func:`gather_rows` / :func:`scatter_rows` move a subset of rows in and out (all jittable).
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
+from cortex_jax.mesh import make_mesh
 from cortex_jax.pytree import pytree_dataclass
 from cortex_jax.sharding import AxisRules, fit_to_mesh, spec
 
@@ -69,13 +72,23 @@ def _layer_shapes(cfg_text: Any, batch: int, max_len: int, dtype: Any):
     kv = (batch, max_len, cfg_text.num_key_value_heads, cfg_text.head_dim)
     kv_axes = ("batch", None, "kv_heads", None)
     conv = (batch, cfg_text.linear_conv_kernel_dim - 1, cfg_text.conv_dim)
-    rec = (batch, cfg_text.linear_num_value_heads, cfg_text.linear_key_head_dim, cfg_text.linear_value_head_dim)
+    rec = (
+        batch,
+        cfg_text.linear_num_value_heads,
+        cfg_text.linear_key_head_dim,
+        cfg_text.linear_value_head_dim,
+    )
     for kind in cfg_text.layer_kinds:
         if _is_full(kind):
             yield AttnCache, {"k": (kv, dtype, kv_axes), "v": (kv, dtype, kv_axes)}
         else:
-            yield GdnCache, {"conv": (conv, dtype, ("batch", None, "gdn_conv")),
-                             "recurrent": (rec, jnp.float32, ("batch", "gdn_v_heads", None, None))}
+            yield (
+                GdnCache,
+                {
+                    "conv": (conv, dtype, ("batch", None, "gdn_conv")),
+                    "recurrent": (rec, jnp.float32, ("batch", "gdn_v_heads", None, None)),
+                },
+            )
 
 
 def cache_bytes(cfg_text: Any, batch: int, max_len: int, dtype: Any) -> int:
@@ -95,19 +108,33 @@ def cache_shardings(cfg_text: Any, batch: int, max_len: int, mesh: Mesh, rules: 
     rules = rules or AxisRules()
     layers = []
     for cls, fields in _layer_shapes(cfg_text, batch, max_len, jnp.float32):
-        layers.append(cls(**{n: NamedSharding(mesh, fit_to_mesh(s, spec(ax, rules), mesh))
-                             for n, (s, _, ax) in fields.items()}))
+        layers.append(
+            cls(
+                **{
+                    n: NamedSharding(mesh, fit_to_mesh(s, spec(ax, rules), mesh))
+                    for n, (s, _, ax) in fields.items()
+                }
+            )
+        )
     lengths = NamedSharding(mesh, fit_to_mesh((batch,), spec(("batch",), rules), mesh))
     return HybridCache(layers=tuple(layers), lengths=lengths)
 
 
 def init_cache(cfg_text: Any, batch: int, max_len: int, dtype: Any, sharding: Any = None) -> HybridCache:
-    """A zeroed cache. ``sharding``: None (default device) or a pytree from :func:`cache_shardings`; the zeros
-    are created on device inside ``jit`` so nothing is materialised on the host."""
+    """A zeroed cache, created on device inside ``jit`` (nothing is materialised on the host).
+
+    ``sharding``: a pytree from :func:`cache_shardings`, or None for a 1×1 mesh of the default device. Either
+    way the arrays are *committed* NamedSharding arrays, like the caches the jitted steps return, so the first
+    step call and later ones hit the same compiled executable (an uncommitted zero cache costs a recompile).
+    """
+    if sharding is None:
+        sharding = cache_shardings(cfg_text, batch, max_len, make_mesh(1, 1))
 
     def make() -> HybridCache:
-        layers = tuple(cls(**{n: jnp.zeros(s, dt) for n, (s, dt, _) in fields.items()})
-                       for cls, fields in _layer_shapes(cfg_text, batch, max_len, dtype))
+        layers = tuple(
+            cls(**{n: jnp.zeros(s, dt) for n, (s, dt, _) in fields.items()})
+            for cls, fields in _layer_shapes(cfg_text, batch, max_len, dtype)
+        )
         return HybridCache(layers=layers, lengths=jnp.zeros((batch,), jnp.int32))
 
     return jax.jit(make, out_shardings=sharding)()

@@ -66,13 +66,14 @@ class PreparedPrompt:
 class Engine:
     """Continuous-batching engine. See docs/engine.md for the scheduling policy and memory accounting.
 
-    ``tokenizer`` needs ``eos_token_ids`` and ``decode(ids)``; ``detokenizer`` builds one incremental
-    detokenizer per request (default: ``IncrementalDetokenizer(tokenizer)``). ``prepare`` is the multimodal
-    hook: called on the engine thread when a request with images is admitted, before its prefill.
+    ``tokenizer`` needs ``eos_token_ids`` and ``decode(ids)``; ``detokenizer(prompt_ids)`` builds one
+    incremental detokenizer per request (default: ``IncrementalDetokenizer(tokenizer, prompt_ids)``).
+    ``prepare`` is the multimodal hook: called on the engine thread when a request with images is admitted,
+    before its prefill; it returns a ``PreparedPrompt``.
     """
 
     def __init__(self, runner: Runner, tokenizer: Any, config: EngineConfig = EngineConfig(), *,
-                 detokenizer: Callable[[], Any] | None = None,
+                 detokenizer: Callable[[list[int]], Any] | None = None,
                  prepare: Callable[[GenerationRequest], PreparedPrompt] | None = None,
                  eos_token_ids: tuple[int, ...] | None = None):
         if config.max_slots not in (None, runner.num_slots):
@@ -183,7 +184,7 @@ class Engine:
         seed = p.seed if p.seed is not None else self._rng.getrandbits(32)
         seq = Sequence(id=seq_id, request=request, prompt=prompt, seed=seed,
                        max_new=min(p.max_tokens, self.max_context - len(prompt)))
-        seq.out = OutputState(seq, self._detok(), self._eos, self._token_text)
+        seq.out = OutputState(seq, self._detok(prompt), self._eos, self._token_text)
         return seq
 
     def _cancel(self, seq: Sequence) -> None:
@@ -338,9 +339,11 @@ def _validate(request: GenerationRequest, vocab_size: int) -> None:
             raise InvalidRequestError(msg)
 
 
-def _default_detokenizer(tokenizer) -> Callable[[], Any]:
-    try:
+def _default_detokenizer(tokenizer) -> Callable[[list[int]], Any]:
+    if hasattr(tokenizer, "is_byte_level"):  # our Tokenizer: its incremental detokenizer, prompt as context
         from cortex_jax.engine.detokenize import IncrementalDetokenizer
-    except ImportError:  # tokenizers without the incremental one: decode-and-diff
-        return lambda: DecodeDiffDetokenizer(tokenizer)
-    return lambda: IncrementalDetokenizer(tokenizer)
+
+        # Special tokens (<|im_end|>, vision markers) are control, not text, as in vLLM; reasoning and
+        # tool-call markers are added-but-not-special in Qwen3.6 and stay visible for the parsers.
+        return lambda prompt: IncrementalDetokenizer(tokenizer, prompt, skip_special_tokens=True)
+    return lambda prompt: DecodeDiffDetokenizer(tokenizer)

@@ -1,7 +1,8 @@
 """Jitted prefill / decode steps over pure pytrees (STYLE F4/F5).
 
 The nnx model is split once into ``(graphdef, state)``; each step merges inside ``jit``, runs the model and
-returns fp32 logits of the rows it needs plus the new cache. The cache argument is **donated**: after a call the
+returns fp32 logits of the rows it needs plus the new cache. The cache argument is **donated**: after a call
+the
 caller must use the returned cache and never touch the one passed in (its buffers are reused in place).
 
 Shapes: B rows, T prompt tokens (padded to a bucket), V vocab, D width.
@@ -26,7 +27,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
@@ -44,7 +48,8 @@ def bucket_for(n: int, buckets: Sequence[int] = BUCKETS) -> int:
 
 
 def text_positions(lengths: Array, valid: Array, offset: Array | None = None) -> Array:
-    """``[3, B, T]`` int32 text positions: valid token n of row b gets ``lengths[b] + offset[b] + n`` on all three
+    """``[3, B, T]`` int32 text positions: valid token n of row b gets ``lengths[b] + offset[b] + n`` on all
+    three
     mRoPE axes (``offset`` = the row's rope delta after images, default 0); invalid tokens get 0 (as HF)."""
     valid = jnp.asarray(valid, bool)
     pos = jnp.asarray(lengths, jnp.int32)[:, None] + jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1
@@ -62,10 +67,30 @@ def decode_positions(lengths: Array, offset: Array | None = None) -> Array:
     return jnp.broadcast_to(pos[None], (3, pos.shape[0]))
 
 
+def _placer(cache: Any):
+    """Put host / uncommitted step inputs on the cache's mesh, batch axis like ``cache.lengths``.
+
+    jit keys its executable cache on input shardings *and* committedness: a token array coming from numpy one
+    step and from a jitted sampler the next would otherwise compile the step twice.
+    """
+    sh = getattr(cache.lengths, "sharding", None)
+    if not isinstance(sh, NamedSharding):
+        return lambda x, batch_dim: x
+    batch_axis = sh.spec[0] if len(sh.spec) else None
+
+    def place(x, batch_dim: int):
+        if x is None:
+            return None
+        spec = [None] * jnp.ndim(x)
+        spec[batch_dim] = batch_axis
+        return jax.device_put(x, NamedSharding(sh.mesh, P(*spec)))
+
+    return place
+
+
 def make_prefill_step(graphdef: nnx.GraphDef):
     @partial(jax.jit, donate_argnames=("cache",))
-    def prefill_step(state: nnx.State, cache: Any, tokens: Array, positions: Array, valid: Array,
-                     input_embeds: Array | None = None) -> tuple[Array, Any]:
+    def prefill(state, cache, tokens, positions, valid, input_embeds):
         model = nnx.merge(graphdef, state)
         h, cache = model(tokens, positions, valid, cache, input_embeds=input_embeds)
         t = valid.shape[1]
@@ -73,27 +98,57 @@ def make_prefill_step(graphdef: nnx.GraphDef):
         h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]  # gather before the vocab matmul
         return model.logits(h_last), cache
 
+    def prefill_step(
+        state: nnx.State,
+        cache: Any,
+        tokens: Array,
+        positions: Array,
+        valid: Array,
+        input_embeds: Array | None = None,
+    ) -> tuple[Array, Any]:
+        place = _placer(cache)
+        return prefill(
+            state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0)
+        )
+
     return prefill_step
 
 
 def make_decode_step(graphdef: nnx.GraphDef):
     @partial(jax.jit, donate_argnames=("cache",))
-    def decode_step(state: nnx.State, cache: Any, tokens: Array, positions: Array,
-                    valid: Array | None = None) -> tuple[Array, Any]:
+    def decode(state, cache, tokens, positions, valid):
         model = nnx.merge(graphdef, state)
-        v = jnp.ones(tokens.shape, bool) if valid is None else valid
-        h, cache = model(tokens[:, None], positions[:, :, None], v[:, None], cache)
+        h, cache = model(tokens[:, None], positions[:, :, None], valid[:, None], cache)
         return model.logits(h[:, 0]), cache
+
+    def decode_step(
+        state: nnx.State, cache: Any, tokens: Array, positions: Array, valid: Array | None = None
+    ) -> tuple[Array, Any]:
+        place = _placer(cache)
+        valid = np.ones(np.shape(tokens), bool) if valid is None else valid
+        return decode(state, cache, place(tokens, 0), place(positions, 1), place(valid, 0))
 
     return decode_step
 
 
 def make_forward_step(graphdef: nnx.GraphDef):
     @partial(jax.jit, donate_argnames=("cache",))
-    def forward_step(state: nnx.State, cache: Any, tokens: Array, positions: Array, valid: Array,
-                     input_embeds: Array | None = None) -> tuple[Array, Any]:
+    def forward(state, cache, tokens, positions, valid, input_embeds):
         model = nnx.merge(graphdef, state)
         h, cache = model(tokens, positions, valid, cache, input_embeds=input_embeds)
         return model.logits(h), cache
+
+    def forward_step(
+        state: nnx.State,
+        cache: Any,
+        tokens: Array,
+        positions: Array,
+        valid: Array,
+        input_embeds: Array | None = None,
+    ) -> tuple[Array, Any]:
+        place = _placer(cache)
+        return forward(
+            state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0)
+        )
 
     return forward_step

@@ -8,7 +8,8 @@ Math::
     qg = q_proj(x).reshape(B, T, H, 2·hd);  q, gate = qg[..., :hd], qg[..., hd:]   # per-head [q_h | gate_h]
     q = RMSNorm1p(q, q_norm);  k = RMSNorm1p(k_proj(x).reshape(B, T, Hkv, hd), k_norm);  v = v_proj(x)...
     q, k = partial interleaved mRoPE(q, k)     # first R dims, rotate-half
-    cache.k[b, i], cache.v[b, i] = k, v        # i = lengths[b] + (index of the token among the row's valid ones)
+    cache.k[b, i], cache.v[b, i] = k, v        # i = lengths[b] + (index of the token among the row's valid
+    ones)
     o = softmax(q·kᵀ/√hd, keys 0..i of the row) · v        # GQA: head h reads kv head h // (H/Hkv)
     out = o_proj(o.reshape(B, T, H·hd) · sigmoid(gate))
 
@@ -43,10 +44,19 @@ class Qwen36Attention(nnx.Module):
         self.q_norm = RMSNorm1p(hd, "head_dim", eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
         self.k_norm = RMSNorm1p(hd, "head_dim", eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(self, x: Array, cos: Array, sin: Array, cache: AttnCache, write_idx: Array, q_index: Array,
-                 kv_len: Array) -> tuple[Array, AttnCache]:
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        cache: AttnCache,
+        write_idx: Array,
+        q_index: Array,
+        kv_len: Array,
+    ) -> tuple[Array, AttnCache]:
         """x ``[B,T,D]``; cos/sin ``[B,T,R]``; write_idx ``[B,T]`` cache slot per token (≥ S for invalid
-        tokens: dropped); q_index ``[B,T]``; kv_len ``[B]`` (after this call's writes). Returns ``[B,T,D]``."""
+        tokens: dropped); q_index ``[B,T]``; kv_len ``[B]`` (after this call's writes). Returns
+        ``[B,T,D]``."""
         b, t, _ = x.shape
         h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         with jax.named_scope("qkv_proj"):

@@ -4,21 +4,25 @@ Shape letters: B batch, T new tokens, S cache length, D model width, V vocab, R 
 
 Per layer (reference §3.1)::
 
-    h = x + mixer(RMSNorm1p(x, input_layernorm))        # mixer = GatedDeltaNet or gated attention by layer kind
+    h = x + mixer(RMSNorm1p(x, input_layernorm))        # mixer = GatedDeltaNet or gated attention by layer
+    kind
     x = h + MLP(RMSNorm1p(h, post_attention_layernorm))
     hidden = RMSNorm1p(x, norm);  logits = hidden @ lm_headᵀ  (or embed_tokensᵀ when tied)
 
 nnx attribute paths mirror the HF checkpoint keys (``model.layers[3].self_attn.q_proj.kernel`` ⇔
-``model.language_model.layers.3.self_attn.q_proj.weight``), so models/qwen36/weight_map.py is a near-identity table.
+``model.language_model.layers.3.self_attn.q_proj.weight``), so models/qwen36/weight_map.py is a near-identity
+table.
 
 Call contract (docs/architecture.md)::
 
     hidden, cache = model(tokens [B,T] i32, positions [3,B,T] i32, valid [B,T] bool, cache, input_embeds=None)
     logits = model.logits(hidden_rows)      # [..., D] -> [..., V] float32
 
-Valid token number n (0-based, among the row's valid tokens) of row b goes to cache index ``lengths[b] + n`` and
+Valid token number n (0-based, among the row's valid tokens) of row b goes to cache index ``lengths[b] + n``
+and
 attends to indices ``0 .. lengths[b] + n``; invalid tokens are never written and leave every state unchanged.
-Supported: ``valid`` a prefix of the row (right padding, any cache) or a suffix on an empty cache (left padding).
+Supported: ``valid`` a prefix of the row (right padding, any cache) or a suffix on an empty cache (left
+padding).
 """
 
 from __future__ import annotations
@@ -40,27 +44,38 @@ Array = jax.Array
 
 
 class Qwen36DecoderLayer(nnx.Module):
-    """Checkpoint tensors: ``input_layernorm.weight [D]``, ``post_attention_layernorm.weight [D]``, the mixer's
+    """Checkpoint tensors: ``input_layernorm.weight [D]``, ``post_attention_layernorm.weight [D]``, the
+    mixer's
     (``linear_attn.*`` or ``self_attn.*``) and ``mlp.*``."""
 
-    def __init__(self, cfg: TextConfig, kind: LayerKind, *, dtype: DType, param_dtype: DType,
-                 rngs: nnx.Rngs | None, chunk_size: int = 64):
+    def __init__(
+        self,
+        cfg: TextConfig,
+        kind: LayerKind,
+        *,
+        dtype: DType,
+        param_dtype: DType,
+        rngs: nnx.Rngs | None,
+        chunk_size: int = 64,
+    ):
         self.kind = kind
         eps, d = cfg.rms_norm_eps, cfg.hidden_size
         self.input_layernorm = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
         if kind is LayerKind.FULL:
             self.self_attn = Qwen36Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         else:
-            self.linear_attn = Qwen36GatedDeltaNet(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                                   chunk_size=chunk_size)
+            self.linear_attn = Qwen36GatedDeltaNet(
+                cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size
+            )
         self.post_attention_layernorm = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
         self.mlp = Qwen36MLP(d, cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def __call__(self, x: Array, cache: AttnCache | GdnCache, ctx: dict[str, Array]):
         h = self.input_layernorm(x)
         if self.kind is LayerKind.FULL:
-            h, cache = self.self_attn(h, ctx["cos"], ctx["sin"], cache, ctx["write_idx"], ctx["q_index"],
-                                      ctx["kv_len"])
+            h, cache = self.self_attn(
+                h, ctx["cos"], ctx["sin"], cache, ctx["write_idx"], ctx["q_index"], ctx["kv_len"]
+            )
         else:
             h, cache = self.linear_attn(h, ctx["valid"], cache, ctx["conv_end"])
         x = x + h
@@ -70,18 +85,35 @@ class Qwen36DecoderLayer(nnx.Module):
 class Qwen36TextModel(nnx.Module):
     """``embed_tokens.weight [V, D]``, ``layers.{i}.*``, ``norm.weight [D]``."""
 
-    def __init__(self, cfg: TextConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None,
-                 chunk_size: int = 64):
+    def __init__(
+        self,
+        cfg: TextConfig,
+        *,
+        dtype: DType,
+        param_dtype: DType,
+        rngs: nnx.Rngs | None,
+        chunk_size: int = 64,
+    ):
         self.cfg = cfg
         self.dtype = dtype
-        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([
-            Qwen36DecoderLayer(cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size)
-            for kind in cfg.layer_kinds
-        ])
-        self.norm = RMSNorm1p(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
+        self.embed_tokens = Embed(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
+        self.layers = nnx.List(
+            [
+                Qwen36DecoderLayer(
+                    cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size
+                )
+                for kind in cfg.layer_kinds
+            ]
+        )
+        self.norm = RMSNorm1p(
+            cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs
+        )
 
-    def __call__(self, h: Array, positions: Array, valid: Array, cache: HybridCache) -> tuple[Array, HybridCache]:
+    def __call__(
+        self, h: Array, positions: Array, valid: Array, cache: HybridCache
+    ) -> tuple[Array, HybridCache]:
         cfg = self.cfg
         b, t, _ = h.shape
         valid = valid.astype(bool)
@@ -97,7 +129,9 @@ class Qwen36TextModel(nnx.Module):
             "valid": valid,
             "cos": cos,
             "sin": sin,
-            "write_idx": jnp.where(valid, cache_idx, s),  # index S is out of range: invalid writes are dropped
+            "write_idx": jnp.where(
+                valid, cache_idx, s
+            ),  # index S is out of range: invalid writes are dropped
             "q_index": jnp.maximum(cache_idx, 0),  # invalid queries read something finite; ignored downstream
             "kv_len": lengths + n_valid,
             "conv_end": jnp.max(jnp.where(valid, steps, 0), axis=-1),
@@ -112,51 +146,86 @@ class Qwen36TextModel(nnx.Module):
 class Qwen36MTP(nnx.Module):
     """Multi-token-prediction head weights (reference §10), loaded and kept for speculative decoding, not run.
 
-    ``mtp.fc.weight [D, 2D]``, ``mtp.pre_fc_norm_embedding.weight [D]``, ``mtp.pre_fc_norm_hidden.weight [D]``,
+    ``mtp.fc.weight [D, 2D]``, ``mtp.pre_fc_norm_embedding.weight [D]``, ``mtp.pre_fc_norm_hidden.weight
+    [D]``,
     ``mtp.norm.weight [D]``, ``mtp.layers.{n}.*`` (full-attention decoder layers).
     """
 
-    def __init__(self, cfg: TextConfig, n_layers: int, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None):
+    def __init__(
+        self, cfg: TextConfig, n_layers: int, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None
+    ):
         d, eps = cfg.hidden_size, cfg.rms_norm_eps
         self.fc = Linear(2 * d, d, (None, "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.pre_fc_norm_embedding = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
         self.pre_fc_norm_hidden = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
         self.norm = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([
-            Qwen36DecoderLayer(cfg, LayerKind.FULL, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            for _ in range(n_layers)
-        ])
+        self.layers = nnx.List(
+            [
+                Qwen36DecoderLayer(cfg, LayerKind.FULL, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                for _ in range(n_layers)
+            ]
+        )
 
 
 class Qwen36ForCausalLM(nnx.Module):
     """Text model + LM head (+ MTP weights when the config declares ``mtp_num_hidden_layers``).
 
-    ``lm_head.weight [V, D]`` exists only when the top-level ``tie_word_embeddings`` is false; otherwise logits
+    ``lm_head.weight [V, D]`` exists only when the top-level ``tie_word_embeddings`` is false; otherwise
+    logits
     use ``embed_tokens`` (pitfall 24). ``dtype`` is the activation dtype, ``param_dtype`` the storage dtype
     (default: ``dtype``). ``gdn_chunk_size`` is the chunk length of the prefill delta rule (static).
     """
 
-    def __init__(self, cfg: Qwen36Config, *, dtype: DType = jnp.float32, param_dtype: DType | None = None,
-                 rngs: nnx.Rngs | None = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64):
+    def __init__(
+        self,
+        cfg: Qwen36Config,
+        *,
+        dtype: DType = jnp.float32,
+        param_dtype: DType | None = None,
+        rngs: nnx.Rngs | None = None,
+        rules: AxisRules | None = None,
+        gdn_chunk_size: int = 64,
+    ):
         param_dtype = dtype if param_dtype is None else param_dtype
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg
         self.dtype = dtype
         self.rules = rules or AxisRules()  # kept for the loader / steps; modules only name logical axes
         text = cfg.text
-        self.model = Qwen36TextModel(text, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=gdn_chunk_size)
+        self.model = Qwen36TextModel(
+            text, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=gdn_chunk_size
+        )
         self.tied = bool(cfg.tie_word_embeddings)
-        self.lm_head = None if self.tied else Linear(
-            text.hidden_size, text.vocab_size, ("embed", "vocab"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.lm_head = (
+            None
+            if self.tied
+            else Linear(
+                text.hidden_size,
+                text.vocab_size,
+                ("embed", "vocab"),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                rngs=rngs,
+            )
+        )
         n_mtp = text.mtp_num_hidden_layers
-        self.mtp = Qwen36MTP(text, n_mtp, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if n_mtp > 0 else None
+        self.mtp = (
+            Qwen36MTP(text, n_mtp, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if n_mtp > 0 else None
+        )
 
     def embed(self, tokens: Array) -> Array:
-        """``[B, T]`` token ids → ``[B, T, D]`` embeddings in the activation dtype (for splicing images in)."""
+        """``[B, T]`` token ids → ``[B, T, D]`` embeddings in the activation dtype (for splicing images
+        in)."""
         return self.model.embed_tokens(tokens)
 
-    def __call__(self, tokens: Array, positions: Array, valid: Array, cache: HybridCache,
-                 input_embeds: Array | None = None) -> tuple[Array, HybridCache]:
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        valid: Array,
+        cache: HybridCache,
+        input_embeds: Array | None = None,
+    ) -> tuple[Array, HybridCache]:
         h = self.embed(tokens) if input_embeds is None else input_embeds.astype(self.dtype)
         return self.model(h, positions, valid, cache)
 
@@ -169,5 +238,6 @@ class Qwen36ForCausalLM(nnx.Module):
         if self.tied:
             return self.model.embed_tokens.attend(h)
         k = self.lm_head.kernel[...]
-        return jnp.einsum("...d,dv->...v", h.astype(self.dtype), k.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "...d,dv->...v", h.astype(self.dtype), k.astype(self.dtype), preferred_element_type=jnp.float32
+        )

@@ -24,8 +24,6 @@ Qwen3.5/3.6 ship separate z/b/a projections (Qwen3-Next fused them as ``in_proj_
 
 from __future__ import annotations
 
-
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -53,13 +51,22 @@ def _a_log_init(key, shape, dtype):
 
 
 class Qwen36GatedDeltaNet(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None,
-                 chunk_size: int = 64):
+    def __init__(
+        self,
+        cfg: TextConfig,
+        *,
+        dtype: DType,
+        param_dtype: DType,
+        rngs: nnx.Rngs | None,
+        chunk_size: int = 64,
+    ):
         d = cfg.hidden_size
         self.n_k, self.n_v = cfg.linear_num_key_heads, cfg.linear_num_value_heads
         self.dk, self.dv = cfg.linear_key_head_dim, cfg.linear_value_head_dim
         if self.n_v % self.n_k:
-            raise ValueError(f"linear_num_value_heads {self.n_v} not a multiple of linear_num_key_heads {self.n_k}")
+            raise ValueError(
+                f"linear_num_value_heads {self.n_v} not a multiple of linear_num_key_heads {self.n_k}"
+            )
         self.dtype = dtype
         self.chunk_size = int(chunk_size)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -67,10 +74,14 @@ class Qwen36GatedDeltaNet(nnx.Module):
         self.in_proj_z = Linear(d, cfg.value_dim, ("embed", "gdn_v_heads"), **kw)
         self.in_proj_b = Linear(d, self.n_v, ("embed", "gdn_v_heads"), **kw)
         self.in_proj_a = Linear(d, self.n_v, ("embed", "gdn_v_heads"), **kw)
-        self.conv1d = CausalConv1d(cfg.conv_dim, cfg.linear_conv_kernel_dim, param_dtype=param_dtype, rngs=rngs)
+        self.conv1d = CausalConv1d(
+            cfg.conv_dim, cfg.linear_conv_kernel_dim, param_dtype=param_dtype, rngs=rngs
+        )
         self.dt_bias = param(rngs, const_init(1.0), (self.n_v,), ("gdn_v_heads",), param_dtype)
         self.A_log = param(rngs, _a_log_init, (self.n_v,), ("gdn_v_heads",), param_dtype)
-        self.norm = GatedRMSNorm(self.dv, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.norm = GatedRMSNorm(
+            self.dv, eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+        )
         self.out_proj = Linear(cfg.value_dim, d, ("gdn_v_heads", "embed"), **kw)
 
     def __call__(self, x: Array, valid: Array, cache: GdnCache, conv_end: Array) -> tuple[Array, GdnCache]:
@@ -92,18 +103,17 @@ class Qwen36GatedDeltaNet(nnx.Module):
         q, k = jnp.repeat(q, rep, axis=2), jnp.repeat(k, rep, axis=2)
         with jax.named_scope("gdn_gates"):
             g = -jnp.exp(self.A_log[...].astype(jnp.float32)) * jax.nn.softplus(
-                a.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32))
+                a.astype(jnp.float32) + self.dt_bias[...].astype(jnp.float32)
+            )
             g = jnp.where(valid[..., None], g, 0.0)
             beta = jnp.where(valid[..., None], beta.astype(jnp.float32), 0.0)
         if t == 1:
             o, rec = recurrent_gated_delta(q, k, v, g, beta, cache.recurrent, use_qk_l2norm=True)
         else:
-            o, rec = chunked_gated_delta(q, k, v, g, beta, cache.recurrent, chunk_size=self.chunk_size,
-                                         use_qk_l2norm=True)
+            o, rec = chunked_gated_delta(
+                q, k, v, g, beta, cache.recurrent, chunk_size=self.chunk_size, use_qk_l2norm=True
+            )
         with jax.named_scope("gdn_out"):
             y = self.norm(o.astype(self.dtype), z).reshape(b, t, self.n_v * self.dv)
             out = self.out_proj(y)
         return out, GdnCache(conv=conv_state, recurrent=rec.astype(jnp.float32))
-
-
-

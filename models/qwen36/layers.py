@@ -2,10 +2,12 @@
 
 Shape letters: B batch, T tokens, D model width, I/O input/output features, V vocab.
 
-Every parameter is created through ``cortex_jax.sharding.param`` so it carries logical axes. ``param_dtype`` is
+Every parameter is created through ``cortex_jax.sharding.param`` so it carries logical axes. ``param_dtype``
+is
 the storage dtype (the checkpoint's, e.g. bf16); ``dtype`` is the activation dtype that matmuls run in.
 
-Checkpoint tensors (HF names; the loader transposes PyTorch ``[out, in]`` Linear weights to ``kernel [in, out]``):
+Checkpoint tensors (HF names; the loader transposes PyTorch ``[out, in]`` Linear weights to ``kernel [in,
+out]``):
   ``*.weight`` of a Linear → ``kernel [I, O]``; ``embed_tokens.weight [V, D]`` → ``embedding``; norm
   ``*.weight [D]`` → ``weight`` (same name, no transform).
 """
@@ -35,8 +37,17 @@ def const_init(value: float):
 class Linear(nnx.Module):
     """``y = x @ kernel`` (no bias), kernel ``[I, O]`` with logical ``axes = (in_axis, out_axis)``."""
 
-    def __init__(self, in_features: int, out_features: int, axes: Axes, *, dtype: DType, param_dtype: DType,
-                 rngs: nnx.Rngs | None, std: float = 0.02):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        axes: Axes,
+        *,
+        dtype: DType,
+        param_dtype: DType,
+        rngs: nnx.Rngs | None,
+        std: float = 0.02,
+    ):
         self.dtype = dtype
         self.kernel = param(rngs, normal_init(std), (in_features, out_features), axes, param_dtype)
 
@@ -56,8 +67,9 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
 
     def attend(self, h: Array) -> Array:  # [..., D] -> [..., V] fp32
-        return jnp.einsum("...d,vd->...v", h, self.embedding[...].astype(h.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "...d,vd->...v", h, self.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32
+        )
 
 
 class RMSNorm1p(nnx.Module):
@@ -85,7 +97,8 @@ class GatedRMSNorm(nnx.Module):
         n = (f32(o) · rsqrt(mean(f32(o)², -1) + eps)).astype(dtype)
         y = (f32(w.astype(dtype) · n) · silu(f32(z))).astype(dtype)
 
-    Normalise first, then gate. The round trip through ``dtype`` before the ``w`` multiply and the fp32 gate exist
+    Normalise first, then gate. The round trip through ``dtype`` before the ``w`` multiply and the fp32 gate
+    exist
     only to match HF's ``Qwen3_5RMSNormGated`` bit for bit in bf16 (F10). Applied per head (last axis = dv).
     """
 

@@ -22,11 +22,25 @@ from models.qwen36.decoder import Qwen36ForCausalLM
 from models.qwen36.weight_map import qwen36_weight_map
 
 
-def abstract_model(cfg: Qwen36Config, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
-                   rules: AxisRules | None = None, gdn_chunk_size: int = 64) -> tuple[nnx.GraphDef, nnx.State]:
+def abstract_model(
+    cfg: Qwen36Config,
+    *,
+    dtype: Any = jnp.float32,
+    param_dtype: Any | None = None,
+    rules: AxisRules | None = None,
+    gdn_chunk_size: int = 64,
+) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, abstract state) of the text model; nothing is allocated."""
-    abstract = nnx.eval_shape(lambda: Qwen36ForCausalLM(
-        cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), rules=rules, gdn_chunk_size=gdn_chunk_size))
+    abstract = nnx.eval_shape(
+        lambda: Qwen36ForCausalLM(
+            cfg,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=nnx.Rngs(0),
+            rules=rules,
+            gdn_chunk_size=gdn_chunk_size,
+        )
+    )
     return nnx.split(abstract)
 
 
@@ -44,9 +58,11 @@ def load_model(
     """``(graphdef, state, cfg)`` for the checkpoint at ``ckpt_dir``.
 
     ``dtype``: activation dtype; ``param_dtype``: storage dtype (default ``dtype``; the checkpoint's own dtype
-    is cast). ``mesh``: default a 1×1 mesh of the first device. VLM checkpoints carry ``model.visual.*``, which
+    is cast). ``mesh``: default a 1×1 mesh of the first device. VLM checkpoints carry ``model.visual.*``,
+    which
     this text model has no place for: pass ``ignore_prefixes=("model.visual.",)`` to skip them on purpose.
-    Raises ``CheckpointError`` (missing config, unsupported model_type, missing/unexpected/mis-shaped tensors).
+    Raises ``CheckpointError`` (missing config, unsupported model_type, missing/unexpected/mis-shaped
+    tensors).
     """
     try:
         cfg = Qwen36Config.from_dir(ckpt_dir)
@@ -54,9 +70,12 @@ def load_model(
         raise CheckpointError(str(e)) from e
     rules = rules or AxisRules()
     mesh = mesh if mesh is not None else make_mesh(1, 1)
-    graphdef, abstract = abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, rules=rules,
-                                        gdn_chunk_size=gdn_chunk_size)
+    graphdef, abstract = abstract_model(
+        cfg, dtype=dtype, param_dtype=param_dtype, rules=rules, gdn_chunk_size=gdn_chunk_size
+    )
     shardings = state_shardings(abstract, mesh, rules)
     wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings)
-    state = _load_state(ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes)
+    state = _load_state(
+        ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes
+    )
     return graphdef, state, cfg

@@ -7,7 +7,8 @@ Flow for a prompt with images (reference §2, §5)::
     ids = expand_image_tokens(prompt_ids, images, cfg.image_token_id)     # 1 pad → t·h·w/4 pads per image
     positions, rope_delta = rope_index(ids, [im.grid_thw for im in images], cfg)   # [3, T], int
     pv, layout, n_tok = pack_images(images)                                # bucketed patches + layout
-    feats = vision_step(state, pv, layout)                                 # [N/4, D]; rows ≥ n_tok are padding
+    feats = vision_step(state, pv, layout)                                 # [N/4, D]; rows ≥ n_tok are
+    padding
     embeds = splice_image_features(model.embed(ids[None]), feats, ids[None] == image_token_id)   # [1, T, D]
     hidden, cache = model(ids[None], positions[:, None], valid, cache, input_embeds=embeds)
 
@@ -34,15 +35,18 @@ from cortex_jax.mesh import make_mesh
 from cortex_jax.sharding import AxisRules, state_shardings
 from models.qwen36.config import Qwen36Config
 from models.qwen36.decoder import Qwen36ForCausalLM
-from models.qwen36.vision import PatchLayout, Qwen36VisionModel, patch_bucket, patch_layout, vision_rules
+from models.qwen36.vision import Qwen36VisionModel, patch_bucket, patch_layout, vision_rules
+from models.qwen36.vision_attention import AttnImpl, PatchLayout
 from models.qwen36.weight_map import qwen36_weight_map
 
 Array = jax.Array
 
 
 # ---- host side: tokens and positions -----------------------------------------------------------------------
-def expand_image_tokens(prompt_ids: Sequence[int], images: Sequence[ImageInput], image_token_id: int) -> list[int]:
-    """Replace the k-th single ``<|image_pad|>`` by ``images[k].num_tokens`` copies (what the HF processor does)."""
+def expand_image_tokens(prompt_ids: Sequence[int], images: Sequence[ImageInput], image_token_id: int) ->
+list[int]:
+    """Replace the k-th single ``<|image_pad|>`` by ``images[k].num_tokens`` copies (what the HF processor
+    does)."""
     n_pads = sum(1 for t in prompt_ids if t == image_token_id)
     if n_pads != len(images):
         raise ValueError(f"prompt has {n_pads} image placeholders but {len(images)} images were given")
@@ -57,7 +61,8 @@ def rope_index(input_ids: Sequence[int] | np.ndarray, image_grids: Sequence[tupl
                cfg: Qwen36Config, *, past_len: int = 0, past_delta: int = 0) -> tuple[np.ndarray, int]:
     """mRoPE positions ``[3, T]`` int32 and ``rope_delta`` for one row of (already expanded) tokens.
 
-    Runs of equal type: a text run of n gets ``cur + i`` on all axes, ``cur += n``; an image run (one grid each,
+    Runs of equal type: a text run of n gets ``cur + i`` on all axes, ``cur += n``; an image run (one grid
+    each,
     in order) gets ``(cur + t, cur + row, cur + col)`` over the merged ``(t, h/2, w/2)`` raster, then
     ``cur += max(h/2, w/2)`` (pitfall 18). ``cur`` starts at ``past_len + past_delta`` (0 for a fresh prompt);
     ``rope_delta = max position + 1 − (past_len + T)``. Video is not supported (its tokens raise).
@@ -123,14 +128,14 @@ class Qwen36ForConditionalGeneration(Qwen36ForCausalLM):
 
     def __init__(self, cfg: Qwen36Config, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
                  rngs: nnx.Rngs | None = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64,
-                 vision_attn_block: int = 1024):
+                 vision_attn: AttnImpl = AttnImpl()):
         if cfg.vision is None:
             raise ValueError("config has no vision_config")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, rules=rules,
                          gdn_chunk_size=gdn_chunk_size)
         self.visual = Qwen36VisionModel(cfg.vision, dtype=dtype, param_dtype=param_dtype or dtype, rngs=rngs,
-                                        attn_block=vision_attn_block)
+                                        attn=vision_attn)
 
     def encode_images(self, pixel_values: Array, layout: PatchLayout) -> Array:
         """``[N, P]`` patches → ``[N/4, D]`` merged image tokens (padding rows at the end)."""
@@ -162,7 +167,8 @@ def make_embed_step(graphdef: nnx.GraphDef):
 
 
 def prompt_embeds(vision_step, embed_step, state: nnx.State, prompt_ids: Sequence[int],
-                  images: Sequence[ImageInput], cfg: Qwen36Config) -> tuple[np.ndarray, Array, np.ndarray, int]:
+                  images: Sequence[ImageInput], cfg: Qwen36Config) -> tuple[np.ndarray, Array, np.ndarray,
+                  int]:
     """Everything a prefill needs for one multimodal prompt: (expanded ids ``[T]``, input_embeds ``[T, D]``,
     positions ``[3, T]``, rope_delta). Text-only prompts come back with plain positions and delta 0."""
     ids = np.asarray(expand_image_tokens(prompt_ids, images, cfg.image_token_id), np.int32)
@@ -178,12 +184,14 @@ def prompt_embeds(vision_step, embed_step, state: nnx.State, prompt_ids: Sequenc
 def load_multimodal_model(ckpt_dir: str | Path, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
                           mesh: Any = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64,
                           ) -> tuple[nnx.GraphDef, nnx.State, Qwen36Config]:
-    """``(graphdef, state, cfg)`` of :class:`Qwen36ForConditionalGeneration` from a VLM checkpoint (strict)."""
+    """``(graphdef, state, cfg)`` of :class:`Qwen36ForConditionalGeneration` from a VLM checkpoint
+    (strict)."""
     cfg = Qwen36Config.from_dir(ckpt_dir)
     rules = rules or AxisRules()
     mesh = mesh if mesh is not None else make_mesh(1, 1)
     abstract = nnx.eval_shape(lambda: Qwen36ForConditionalGeneration(
-        cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), rules=rules, gdn_chunk_size=gdn_chunk_size))
+        cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), rules=rules,
+        gdn_chunk_size=gdn_chunk_size))
     graphdef, abs_state = nnx.split(abstract)
     wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings, vision_rules=vision_rules("visual."))
     state = load_state(ckpt_dir, abs_state, state_shardings(abs_state, mesh, rules), wmap)

@@ -13,11 +13,14 @@ Math (reference §6, pitfalls 19–22), per patch n of an image/frame with patch
 Bucketing (why the layout arrays exist): images are *packed* — the patches of all images concatenated and
 zero-padded to a bucket size N (:func:`patch_bucket`). Instead of static grids, each patch carries its
 :class:`PatchLayout` entry (segment id, row, col and its frame's grid h, w) as int32 arrays, so the position-table
-resampling, the rotary angles and the block-diagonal attention mask are all computed on device from data. A jitted
-forward therefore compiles once per bucket N, not once per image size. Padding patches have segment −1: they attend
+resampling, the rotary angles and the block-diagonal attention mask are all computed on device from data. A
+jitted
+forward therefore compiles once per bucket N, not once per image size. Padding patches have segment −1: they
+attend
 only among themselves and their merged rows (at the end) are ignored by the caller.
 
-Parameters (nnx paths mirror HF keys under ``model.visual.``; Linear kernels are ``[in, out]`` named ``kernel``,
+Parameters (nnx paths mirror HF keys under ``model.visual.``; Linear kernels are ``[in, out]`` named
+``kernel``,
 biases ``bias``; LayerNorms ``scale``/``bias``; the position table is ``pos_embed.embedding``; Conv3d
 ``[hid, 3, 2, 16, 16]`` → ``patch_embed.proj.kernel [1536, hid]``). :data:`VISION_WEIGHT_MAP` is that table.
 All vision parameters are replicated (logical axes None): the tower is ~0.4 B params at 27B scale.
@@ -37,23 +40,11 @@ from flax import nnx
 
 from cortex_jax import sharding
 from cortex_jax.checkpoint import IDENTITY, TRANSPOSE, Rule, Transform
-from cortex_jax.pytree import pytree_dataclass
 from models.qwen36.config import VisionConfig
+from models.qwen36.vision_attention import AttnImpl, PatchLayout, vision_attention
 
 Array = jax.Array
 _F32 = jnp.float32
-_NEG = -1e30  # finite "−inf": keeps the online softmax free of (−inf) − (−inf)
-
-
-@pytree_dataclass()
-class PatchLayout:
-    """Per-patch metadata, all ``[N] int32``; built on the host by :func:`patch_layout`."""
-
-    segment: Array  # image/frame index (attention block), −1 for padding
-    row: Array  # patch row / col inside its frame (merge-block order is already applied)
-    col: Array
-    grid_h: Array  # the frame's patch grid, for the position-table resampling
-    grid_w: Array
 
 
 def patch_layout(grids: Sequence[tuple[int, int, int]], n_total: int, merge: int = 2) -> PatchLayout:
@@ -78,7 +69,12 @@ def patch_layout(grids: Sequence[tuple[int, int, int]], n_total: int, merge: int
         raise ValueError(f"{n} patches do not fit the bucket of {n_total}")
     pad = n_total - n
     cat = lambda xs, fill: np.concatenate([*xs, np.full(pad, fill)]).astype(np.int32)  # noqa: E731
-    return PatchLayout(cat(seg, -1), cat(row, 0), cat(col, 0), cat(gh, 1), cat(gw, 1))
+    m = max(4, 1 << (s - 1).bit_length())  # segment slots: a power of two, so few distinct shapes
+    lens = np.full(m, -1, np.int32)
+    lens[:s] = [len(x) for x in seg]
+    offs = np.full(m + 1, -1, np.int32)
+    offs[: s + 1] = np.concatenate([[0], np.cumsum(lens[:s])])
+    return PatchLayout(cat(seg, -1), cat(row, 0), cat(col, 0), cat(gh, 1), cat(gw, 1), offs, lens)
 
 
 def patch_bucket(n: int, minimum: int = 64) -> int:
@@ -109,7 +105,8 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """Standard LayerNorm with bias; statistics and affine in fp32, then cast (torch's bf16 LayerNorm does this)."""
+    """Standard LayerNorm with bias; statistics and affine in fp32, then cast (torch's bf16 LayerNorm does
+    this)."""
 
     def __init__(self, d: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.scale = sharding.param(rngs, nnx.initializers.ones, (d,), (None,), param_dtype)
@@ -124,58 +121,19 @@ class LayerNorm(nnx.Module):
         return (y * self.scale[...].astype(_F32) + self.bias[...].astype(_F32)).astype(self.dtype)
 
 
-def segment_attention(q: Array, k: Array, v: Array, segment: Array, block: int = 1024) -> Array:
-    """Bidirectional attention of ``[N, H, K]`` q/k/v where patch i sees patch j iff segment[i] == segment[j].
-
-    Scale K^−0.5, logits and softmax in fp32. For N ≤ block the ``[H, N, N]`` logits are formed at once; above,
-    keys are processed in blocks with an online softmax (flash-style) so memory is O(H·N·block): a 2048² image
-    is 16384 patches, whose full logits would be 17 GB. Same signature a Pallas/cuDNN varlen kernel would take.
-    """
-    n, h, d = q.shape
-    qs = q.astype(_F32) * (d**-0.5)
-    if n <= block:
-        logits = jnp.einsum("qhd,khd->hqk", qs, k.astype(_F32))
-        logits = jnp.where((segment[:, None] == segment[None, :])[None], logits, _NEG)
-        p = jax.nn.softmax(logits, axis=-1)
-        return jnp.einsum("hqk,khd->qhd", p.astype(v.dtype), v, preferred_element_type=_F32).astype(q.dtype)
-    n_blk = -(-n // block)
-    pad = n_blk * block - n
-    kb = jnp.pad(k, ((0, pad), (0, 0), (0, 0))).reshape(n_blk, block, h, d)
-    vb = jnp.pad(v, ((0, pad), (0, 0), (0, 0))).reshape(n_blk, block, h, d)
-    sb = jnp.pad(segment, (0, pad), constant_values=-2).reshape(n_blk, block)  # −2 matches nothing
-
-    def step(carry, blk):
-        m, l, acc = carry  # [H, N], [H, N], [H, N, K] fp32
-        k_i, v_i, s_i = blk
-        logits = jnp.einsum("qhd,khd->hqk", qs, k_i.astype(_F32))
-        mask = (segment[:, None] == s_i[None, :])[None]
-        logits = jnp.where(mask, logits, _NEG)
-        m_new = jnp.maximum(m, logits.max(-1))
-        p = jnp.where(mask, jnp.exp(logits - m_new[..., None]), 0.0)
-        corr = jnp.exp(m - m_new)
-        l = l * corr + p.sum(-1)
-        acc = acc * corr[..., None] + jnp.einsum("hqk,khd->hqd", p.astype(v.dtype), v_i,
-                                                 preferred_element_type=_F32)
-        return (m_new, l, acc), None
-
-    init = (jnp.full((h, n), _NEG, _F32), jnp.zeros((h, n), _F32), jnp.zeros((h, n, d), _F32))
-    (_, l, acc), _ = jax.lax.scan(step, init, (kb, vb, sb))
-    return (acc / l[..., None]).transpose(1, 0, 2).astype(q.dtype)
-
-
 def _rotate_half(u: Array) -> Array:
     half = u.shape[-1] // 2
     return jnp.concatenate([-u[..., half:], u[..., :half]], axis=-1)
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn_block: int):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn: AttnImpl):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.qkv = Dense(cfg.hidden_size, 3 * cfg.hidden_size, **kw)
         self.proj = Dense(cfg.hidden_size, cfg.hidden_size, **kw)
-        self.num_heads, self.attn_block = cfg.num_heads, attn_block
+        self.num_heads, self.attn = cfg.num_heads, attn
 
-    def __call__(self, x: Array, cos: Array, sin: Array, segment: Array) -> Array:
+    def __call__(self, x: Array, cos: Array, sin: Array, layout: PatchLayout) -> Array:
         n = x.shape[0]
         q, k, v = self.qkv(x).reshape(n, 3, self.num_heads, -1).transpose(1, 0, 2, 3)  # 3 × [N, H, K]
         with jax.named_scope("vision_rope"):  # fp32 rotation, cast back (HF apply_rotary_pos_emb_vision)
@@ -183,7 +141,7 @@ class Attention(nnx.Module):
             rot = lambda u: (u.astype(_F32) * c + _rotate_half(u.astype(_F32)) * s).astype(u.dtype)  # noqa: E731
             q, k = rot(q), rot(k)
         with jax.named_scope("vision_attn"):
-            o = segment_attention(q, k, v, segment, self.attn_block)
+            o = vision_attention(q, k, v, layout, self.attn)
         return self.proj(o.reshape(n, -1))
 
 
@@ -198,15 +156,15 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn_block: int):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn: AttnImpl):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.attn = Attention(cfg, **kw, attn_block=attn_block)
+        self.attn = Attention(cfg, **kw, attn=attn)
         self.mlp = MLP(cfg, **kw)
 
-    def __call__(self, x, cos, sin, segment):
-        x = x + self.attn(self.norm1(x), cos, sin, segment)
+    def __call__(self, x, cos, sin, layout):
+        x = x + self.attn(self.norm1(x), cos, sin, layout)
         return x + self.mlp(self.norm2(x))
 
 
@@ -220,7 +178,8 @@ class PatchEmbed(nnx.Module):
 
 class PosEmbed(nnx.Module):
     def __init__(self, n: int, d: int, *, param_dtype, rngs: nnx.Rngs):
-        self.embedding = sharding.param(rngs, nnx.initializers.normal(0.02), (n, d), (None, None), param_dtype)
+        self.embedding = sharding.param(rngs, nnx.initializers.normal(0.02), (n, d), (None, None),
+        param_dtype)
 
     def __call__(self, layout: PatchLayout) -> Array:
         """Bilinear align_corners=True resampling of the square table at each patch: ``[N, D]`` fp32."""
@@ -259,20 +218,21 @@ class Qwen36VisionModel(nnx.Module):
     bucketed, jit-friendly entry taking a :class:`PatchLayout` instead of static grids."""
 
     def __init__(self, vcfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 attn_block: int = 1024):
+                 attn: AttnImpl = AttnImpl(), scan_blocks: bool = False):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.cfg, self.dtype = vcfg, dtype
+        self.cfg, self.dtype, self.scan_blocks = vcfg, dtype, scan_blocks
         self.patch_embed = PatchEmbed(vcfg, **kw)
         self.pos_embed = PosEmbed(vcfg.num_position_embeddings, vcfg.hidden_size, param_dtype=param_dtype,
                                   rngs=rngs)
-        self.blocks = nnx.List([Block(vcfg, **kw, attn_block=attn_block) for _ in range(vcfg.depth)])
+        self.blocks = nnx.List([Block(vcfg, **kw, attn=attn) for _ in range(vcfg.depth)])
         self.merger = Merger(vcfg, **kw)
 
     def rotary(self, layout: PatchLayout) -> tuple[Array, Array]:
         """cos, sin ``[N, K]`` fp32 from each patch's (row, col)."""
         half = self.cfg.head_dim // 2
         inv = 1.0 / (jnp.float32(self.cfg.rope_theta) ** (jnp.arange(0, half, 2, dtype=_F32) / half))  # [F]
-        ang = jnp.concatenate([layout.row.astype(_F32)[:, None] * inv, layout.col.astype(_F32)[:, None] * inv], -1)
+        ang = jnp.concatenate([layout.row.astype(_F32)[:, None] * inv, layout.col.astype(_F32)[:, None] *
+        inv], -1)
         ang = jnp.concatenate([ang, ang], -1)
         return jnp.cos(ang), jnp.sin(ang)
 
@@ -282,8 +242,17 @@ class Qwen36VisionModel(nnx.Module):
             x = self.patch_embed(pixel_values.astype(self.dtype))  # pitfall 22: cast before the patch matmul
             x = x + self.pos_embed(layout).astype(x.dtype)
         cos, sin = self.rotary(layout)
-        for blk in self.blocks:
-            x = blk(x, cos, sin, layout.segment)
+        if self.scan_blocks and len(self.blocks) > 1:
+            # One traced block body instead of `depth` copies: ~depth× less to compile per bucket. Stacking
+            # the
+            # per-block weights costs one copy of the tower's weights per call (≈0.8 GB bf16 at 27B scale).
+            graphdef = nnx.graphdef(self.blocks[0])
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in self.blocks])
+            body = lambda h, st: (nnx.merge(graphdef, st)(h, cos, sin, layout), None)  # noqa: E731
+            x, _ = jax.lax.scan(body, x, stacked)
+        else:
+            for blk in self.blocks:
+                x = blk(x, cos, sin, layout)
         with jax.named_scope("vision_merger"):
             return self.merger(x), x
 
@@ -319,6 +288,7 @@ VISION_WEIGHT_MAP: tuple[tuple[str, str, Transform], ...] = (
 
 
 def vision_rules(dst_prefix: str = "visual.") -> tuple[Rule, ...]:
-    """Loader rules for ``model.visual.*`` → ``{dst_prefix}*`` (``""`` for a standalone vision model); pass them
+    """Loader rules for ``model.visual.*`` → ``{dst_prefix}*`` (``""`` for a standalone vision model); pass
+    them
     as ``qwen36_weight_map(..., vision_rules=vision_rules())``."""
     return tuple(Rule(r"model\.visual\." + pat, dst_prefix + tmpl, tf) for pat, tmpl, tf in VISION_WEIGHT_MAP)

@@ -2,13 +2,17 @@
 
 Handles both layouts:
 
-* VLM (``Qwen3_5ForConditionalGeneration``, what Qwen3.6 ships): ``model.language_model.*``, ``lm_head.weight``,
+* VLM (``Qwen3_5ForConditionalGeneration``, what Qwen3.6 ships): ``model.language_model.*``,
+  ``lm_head.weight``,
   ``mtp.*``, ``model.visual.*``;
 * text-only (``Qwen3_5ForCausalLM``): ``model.*``, ``lm_head.weight``.
 
-Both map onto ``Qwen36ForCausalLM``'s paths ``model.*``, ``lm_head.kernel``, ``mtp.*`` (and ``visual.*`` when the
-model carries a vision tower, through rules the vision module provides). The table is nearly the identity because
-the module attribute names mirror HF's; the only transforms are Linear ``[out, in] → kernel [in, out]`` and the
+Both map onto ``Qwen36ForCausalLM``'s paths ``model.*``, ``lm_head.kernel``, ``mtp.*`` (and ``visual.*`` when
+the
+model carries a vision tower, through rules the vision module provides). The table is nearly the identity
+because
+the module attribute names mirror HF's; the only transforms are Linear ``[out, in] → kernel [in, out]`` and
+the
 depthwise conv ``[C, 1, K] → [K, C]``.
 """
 
@@ -22,8 +26,11 @@ from cortex_jax.checkpoint import CONV1D, IDENTITY, TRANSPOSE, Rule, Transform
 _LAYER: tuple[tuple[str, str, Transform], ...] = (
     (r"self_attn\.(q_proj|k_proj|v_proj|o_proj)\.weight", r"self_attn.\g<s1>.kernel", TRANSPOSE),
     (r"self_attn\.(q_norm|k_norm)\.weight", r"self_attn.\g<s1>.weight", IDENTITY),
-    (r"linear_attn\.(in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)\.weight", r"linear_attn.\g<s1>.kernel",
-     TRANSPOSE),
+    (
+        r"linear_attn\.(in_proj_qkv|in_proj_z|in_proj_b|in_proj_a|out_proj)\.weight",
+        r"linear_attn.\g<s1>.kernel",
+        TRANSPOSE,
+    ),
     (r"linear_attn\.conv1d\.weight", r"linear_attn.conv1d.kernel", CONV1D),
     (r"linear_attn\.(A_log|dt_bias)", r"linear_attn.\g<s1>", IDENTITY),
     (r"linear_attn\.norm\.weight", r"linear_attn.norm.weight", IDENTITY),
@@ -33,8 +40,10 @@ _LAYER: tuple[tuple[str, str, Transform], ...] = (
 
 _TEXT = r"model\.(?:language_model\.)?"  # VLM and text-only prefixes both land on ``model.``
 
-NO_VISION_REASON = ("present in the checkpoint, no vision tower in this model "
-                    "(load with ignore_prefixes=('model.visual.',) to skip the vision weights on purpose)")
+NO_VISION_REASON = (
+    "present in the checkpoint, no vision tower in this model "
+    "(load with ignore_prefixes=('model.visual.',) to skip the vision weights on purpose)"
+)
 
 
 def _layer_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
@@ -42,15 +51,19 @@ def _layer_rules(src_prefix: str, dst_prefix: str) -> list[Rule]:
     for suffix, target, tf in _LAYER:
         # rename the suffix's own groups to s1 so the layer index can stay group ``idx``
         suffix = suffix.replace("(", "(?P<s1>", 1) if "(" in suffix else suffix
-        rules.append(Rule(rf"{src_prefix}layers\.(?P<idx>\d+)\.{suffix}", rf"{dst_prefix}layers.\g<idx>.{target}", tf))
+        rules.append(
+            Rule(rf"{src_prefix}layers\.(?P<idx>\d+)\.{suffix}", rf"{dst_prefix}layers.\g<idx>.{target}", tf)
+        )
     return rules
 
 
 def qwen36_weight_map(*, tied: bool, vision_rules: Sequence[Rule] | None = None) -> tuple[Rule, ...]:
     """The rule table for ``Qwen36ForCausalLM``.
 
-    ``tied``: the model has no ``lm_head`` (a checkpoint that still ships ``lm_head.weight`` has it skipped and
-    logged). ``vision_rules``: rules for ``model.visual.*`` when the model carries a vision tower; ``None`` makes
+    ``tied``: the model has no ``lm_head`` (a checkpoint that still ships ``lm_head.weight`` has it skipped
+    and
+    logged). ``vision_rules``: rules for ``model.visual.*`` when the model carries a vision tower; ``None``
+    makes
     every ``model.visual.*`` key an error that says so (unless the loader is told to ignore the prefix).
     """
     rules = [

@@ -22,7 +22,7 @@ API_KEY = "test-key"
 
 
 def make_app(backend: StubBackend) -> Quart:
-    """The dialect blueprint mounted like the gateway does, with a stand-in auth check (Bearer or x-api-key)."""
+    """The dialect blueprint mounted as the gateway does, with a stand-in auth check (Bearer or x-api-key)."""
     app = Quart(__name__)
     app.extensions["chat_backend"] = backend
     app.register_blueprint(create_dialects_blueprint(DialectOptions(keepalive_s=0.2, store_size=8)))

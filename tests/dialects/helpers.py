@@ -60,7 +60,12 @@ def reply_to_chunks(reply: dict[str, Any], piece: int = 3) -> list[dict[str, Any
     out += [chunk({"content": p}) for p in _pieces(msg.get("content") or "", piece)]
     for i, call in enumerate(msg.get("tool_calls") or []):
         fn = call["function"]
-        head = {"index": i, "id": call["id"], "type": "function", "function": {"name": fn["name"], "arguments": ""}}
+        head = {
+            "index": i,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": fn["name"], "arguments": ""},
+        }
         out.append(chunk({"tool_calls": [head]}))
         out += [
             chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]})

@@ -27,7 +27,9 @@ SIGNER = ThinkingSigner()
 STOPS = ("END",)
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=24)
 NAMES = st.sampled_from(["get_weather", "search", "x" * 70, "mcp__srv__tool.with.dots"])
-ARGS = st.dictionaries(st.text(min_size=1, max_size=6), st.one_of(st.integers(), TEXT, st.booleans()), max_size=3)
+ARGS = st.dictionaries(
+    st.text(min_size=1, max_size=6), st.one_of(st.integers(), TEXT, st.booleans()), max_size=3
+)
 SEGMENT = st.one_of(
     st.tuples(st.just("reasoning"), TEXT),
     st.tuples(st.just("text"), TEXT),
@@ -59,7 +61,12 @@ def upstream(draw: st.DrawFn) -> tuple[list[dict[str, Any]], bool]:
         else:
             name, args, late_name = value
             pieces = split(json.dumps(args))
-            head = {"index": slot, "id": f"call_{slot}", "type": "function", "function": {"arguments": pieces.pop(0)}}
+            head = {
+                "index": slot,
+                "id": f"call_{slot}",
+                "type": "function",
+                "function": {"arguments": pieces.pop(0)},
+            }
             if late_name:  # the name comes with the next piece
                 chunks.append(chunk({"tool_calls": [head]}))
                 head = {"index": slot, "function": {"arguments": pieces.pop(0) if pieces else ""}}
@@ -95,7 +102,9 @@ def _concat(blocks: list[dict[str, Any]], kind: str, field: str) -> str:
 
 @settings(max_examples=150, deadline=None)
 @given(upstream())
-def test_anthropic_stream_is_well_formed_and_matches_non_streamed(case: tuple[list[dict[str, Any]], bool]) -> None:
+def test_anthropic_stream_is_well_formed_and_matches_non_streamed(
+    case: tuple[list[dict[str, Any]], bool],
+) -> None:
     chunks, canonical = case
     tr = MessagesStream(model="qwen", names=_names(chunks), signer=SIGNER, stops=STOPS)
     events = tr.start() + [e for c in chunks for e in tr.feed(c)] + tr.finish()
@@ -111,8 +120,11 @@ def test_anthropic_stream_is_well_formed_and_matches_non_streamed(case: tuple[li
             open_index, block_type, last_delta = e["index"], e["content_block"]["type"], None
         elif e["type"] == "content_block_delta":
             assert e["index"] == open_index
-            allowed = {"thinking": {"thinking_delta", "signature_delta"}, "text": {"text_delta"},
-                       "tool_use": {"input_json_delta"}}[block_type]
+            allowed = {
+                "thinking": {"thinking_delta", "signature_delta"},
+                "text": {"text_delta"},
+                "tool_use": {"input_json_delta"},
+            }[block_type]
             assert e["delta"]["type"] in allowed
             last_delta = e["delta"]["type"]
         else:
@@ -143,7 +155,9 @@ def test_anthropic_stream_is_well_formed_and_matches_non_streamed(case: tuple[li
 
 @settings(max_examples=150, deadline=None)
 @given(upstream())
-def test_responses_stream_is_well_formed_and_matches_non_streamed(case: tuple[list[dict[str, Any]], bool]) -> None:
+def test_responses_stream_is_well_formed_and_matches_non_streamed(
+    case: tuple[list[dict[str, Any]], bool],
+) -> None:
     chunks, canonical = case
     skeleton = {"id": "resp_1", "object": "response", "status": "in_progress", "output": [], "model": "qwen"}
     tr = ResponsesStream(skeleton, _names(chunks))
@@ -183,7 +197,9 @@ def test_responses_stream_is_well_formed_and_matches_non_streamed(case: tuple[li
 
     whole = chat_to_response(chunks_to_reply(chunks), skeleton, _names(chunks))
     assert (final["status"], final["incomplete_details"], final["usage"]) == (
-        whole["status"], whole["incomplete_details"], whole["usage"]
+        whole["status"],
+        whole["incomplete_details"],
+        whole["usage"],
     )
 
     def strip(items: list[dict[str, Any]], drop: tuple[str, ...] = ("id",)) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 def make_engine(max_queue=32, **cfg) -> Engine:
     # Every engine here has the same pool shape (4 slots × 128 tokens) so they share one compilation cache.
     return Engine(fake_runner(slots=4, max_context=128), FakeTokenizer(), EngineConfig(max_queue=max_queue, **cfg),
-                  detokenizer=FakeDetokenizer)
+                  detokenizer=lambda prompt: FakeDetokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -225,9 +225,11 @@ def test_cancellation_frees_the_slot(engine):
 
 def test_queue_overflow_is_refused_immediately():
     eng = make_engine(max_queue=2)
-    long = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
-    running = [eng.generate_sync(GenerationRequest(prompt(i, 3), long)) for i in range(4)]
-    _wait(lambda: eng.stats().slots_used == 4)
+    long = SamplingParams(temperature=0.0, max_tokens=120, ignore_eos=True)
+    running = []
+    for i in range(4):  # one at a time: a request counts against the queue until it has a slot
+        running.append(eng.generate_sync(GenerationRequest(prompt(i, 3), long)))
+        _wait(lambda: eng.stats().slots_used == len(running))
     queued = [eng.generate_sync(GenerationRequest(prompt(i, 3), long)) for i in range(2)]
     t0 = time.perf_counter()
     with pytest.raises(QueueFullError):

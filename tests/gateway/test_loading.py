@@ -148,3 +148,25 @@ def test_neuron_507_makes_the_gateway_evict_and_retry(fleet):
     assert chat(gw, "f1").status_code == 200
     st = fakes["fit"].stats()
     assert st["unloads"] == {"f0": 1} and st["loads"] == {"f1": 1}
+
+
+@pytest.fixture(scope="module")
+def priority_fleet(module_spawn):
+    fake = module_spawn("neuron", node("prio", 100, [{"id": "p_low", "memory_needed_bytes": 40, "loaded": True},
+                                                     {"id": "p_high", "memory_needed_bytes": 40, "loaded": True},
+                                                     {"id": "p_new", "memory_needed_bytes": 40}]))
+    profiles = [{"id": "p_low", "priority": 1}, {"id": "p_high", "priority": 10}, {"id": "p_new", "priority": 5}]
+    gw = module_spawn("gateway", [("prio", fake.url)], models=profiles, eviction={"strategy": "priority"})
+    start_all(fake, gw)
+    gw.wait(up=1)
+    return gw, fake
+
+
+def test_priority_evicts_lowest_priority_even_if_recent(priority_fleet):
+    gw, fake = priority_fleet
+    assert chat(gw, "p_high").status_code == 200
+    time.sleep(0.05)
+    assert chat(gw, "p_low").status_code == 200  # most recently used, but lowest priority
+    assert chat(gw, "p_new").status_code == 200
+    assert fake.stats()["unloads"] == {"p_low": 1}
+    assert total(metrics(gw), "cortex_evictions_total", reason="priority") == 1

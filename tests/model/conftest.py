@@ -66,8 +66,17 @@ def tiny(request, ckpt_paths) -> Tiny:
     if name not in _LOADED:
         path = ckpt_paths[name]
         graphdef, state, cfg = load_model(path, ignore_prefixes=("model.visual.",), gdn_chunk_size=CHUNK)
-        _LOADED[name] = Tiny(name, path, load_hf_model(path), graphdef, state, cfg, make_prefill_step(graphdef),
-                             make_decode_step(graphdef), make_forward_step(graphdef))
+        _LOADED[name] = Tiny(
+            name,
+            path,
+            load_hf_model(path),
+            graphdef,
+            state,
+            cfg,
+            make_prefill_step(graphdef),
+            make_decode_step(graphdef),
+            make_forward_step(graphdef),
+        )
     return _LOADED[name]
 
 

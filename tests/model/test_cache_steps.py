@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from cortex_jax.engine.cache import (AttnCache, GdnCache, cache_bytes, gather_rows, init_cache, reset_rows,
-                                     scatter_rows)
+from cortex_jax.engine.cache import (
+    AttnCache,
+    GdnCache,
+    cache_bytes,
+    gather_rows,
+    init_cache,
+    reset_rows,
+    scatter_rows,
+)
 from cortex_jax.engine.steps import bucket_for, decode_positions, make_forward_step, text_positions
 from models.qwen36.config import Qwen36Config
 from models.qwen36.loading import load_model
@@ -32,15 +39,21 @@ def test_cache_layout_and_bytes(cfg):
         else:
             assert isinstance(c, GdnCache)
             assert c.conv.shape == (3, text.linear_conv_kernel_dim - 1, text.conv_dim)
-            assert c.recurrent.shape == (3, text.linear_num_value_heads, text.linear_key_head_dim,
-                                         text.linear_value_head_dim)
+            assert c.recurrent.shape == (
+                3,
+                text.linear_num_value_heads,
+                text.linear_key_head_dim,
+                text.linear_value_head_dim,
+            )
             assert c.recurrent.dtype == jnp.float32  # always fp32 (pitfall 13)
     assert cache_bytes(text, 3, 40, jnp.bfloat16) == sum(x.nbytes for x in jax.tree.leaves(cache))
 
 
 def test_reset_gather_scatter_rows(cfg):
     cache = init_cache(cfg.text, 4, 8, jnp.float32)
-    cache = jax.tree.map(lambda x: x + jnp.arange(4, dtype=x.dtype).reshape((4,) + (1,) * (x.ndim - 1)) + 1, cache)
+    cache = jax.tree.map(
+        lambda x: x + jnp.arange(4, dtype=x.dtype).reshape((4,) + (1,) * (x.ndim - 1)) + 1, cache
+    )
     reset = jax.jit(reset_rows)(cache, jnp.array([False, True, False, True]))
     for x in jax.tree.leaves(reset):
         x = np.asarray(x)
@@ -60,10 +73,12 @@ def test_buckets_and_positions():
     assert pos.shape == (3, 2, 3)
     np.testing.assert_array_equal(np.asarray(pos[0]), [[5, 6, 0], [0, 0, 1]])
     np.testing.assert_array_equal(np.asarray(pos[2]), np.asarray(pos[0]))
-    np.testing.assert_array_equal(np.asarray(text_positions(jnp.array([5, 0]), valid, jnp.array([-2, 3]))[1]),
-                                  [[3, 4, 0], [0, 3, 4]])
-    np.testing.assert_array_equal(np.asarray(decode_positions(jnp.array([7, 2]), jnp.array([1, 0]))),
-                                  [[8, 2]] * 3)
+    np.testing.assert_array_equal(
+        np.asarray(text_positions(jnp.array([5, 0]), valid, jnp.array([-2, 3]))[1]), [[3, 4, 0], [0, 3, 4]]
+    )
+    np.testing.assert_array_equal(
+        np.asarray(decode_positions(jnp.array([7, 2]), jnp.array([1, 0]))), [[8, 2]] * 3
+    )
 
 
 def test_bf16_model_within_bf16_noise_of_hf(ckpt_paths, tokens):
@@ -75,12 +90,14 @@ def test_bf16_model_within_bf16_noise_of_hf(ckpt_paths, tokens):
     from tests.reference import load_hf_model
 
     path = ckpt_paths["vlm_hv2"]
-    graphdef, state, cfg = load_model(path, ignore_prefixes=("model.visual.",), dtype=jnp.bfloat16,
-                                      gdn_chunk_size=CHUNK)
+    graphdef, state, cfg = load_model(
+        path, ignore_prefixes=("model.visual.",), dtype=jnp.bfloat16, gdn_chunk_size=CHUNK
+    )
     cache = init_cache(cfg.text, 2, S, jnp.bfloat16)
     valid = full_valid()
-    logits, _ = make_forward_step(graphdef)(state, cache, jnp.asarray(tokens), text_positions(cache.lengths, valid),
-                                            valid)
+    logits, _ = make_forward_step(graphdef)(
+        state, cache, jnp.asarray(tokens), text_positions(cache.lengths, valid), valid
+    )
     ours = np.asarray(logits)
     hf = load_hf_model(path)
     ref32 = hf_logits(hf, tokens)

@@ -48,11 +48,14 @@ def _copy_with(src: Path, dst: Path, edit) -> Path:
 def test_mtp_and_head_loaded_with_transpose(vlm, vlm_state):
     raw = load_file(vlm / "model.safetensors")
     np.testing.assert_array_equal(vlm_state["mtp.fc.kernel"], raw["mtp.fc.weight"].T)
-    np.testing.assert_array_equal(vlm_state["mtp.layers.0.self_attn.q_proj.kernel"],
-                                  raw["mtp.layers.0.self_attn.q_proj.weight"].T)
+    np.testing.assert_array_equal(
+        vlm_state["mtp.layers.0.self_attn.q_proj.kernel"], raw["mtp.layers.0.self_attn.q_proj.weight"].T
+    )
     np.testing.assert_array_equal(vlm_state["lm_head.kernel"], raw["lm_head.weight"].T)
-    np.testing.assert_array_equal(vlm_state["model.layers.0.linear_attn.conv1d.kernel"],
-                                  raw["model.language_model.layers.0.linear_attn.conv1d.weight"][:, 0, :].T)
+    np.testing.assert_array_equal(
+        vlm_state["model.layers.0.linear_attn.conv1d.kernel"],
+        raw["model.language_model.layers.0.linear_attn.conv1d.weight"][:, 0, :].T,
+    )
 
 
 def test_sharded_index_matches_single_file(tmp_path, vlm_state):
@@ -81,14 +84,18 @@ def test_half_precision_checkpoint_loads(tmp_path, vlm_state, dtype):
 
 
 def test_vision_weights_need_explicit_ignore(vlm):
-    with pytest.raises(CheckpointError, match=r"model\.visual\.\S+: present in the checkpoint, no vision tower"):
+    with pytest.raises(
+        CheckpointError, match=r"model\.visual\.\S+: present in the checkpoint, no vision tower"
+    ):
         load_model(vlm)
 
 
 def test_missing_tensor(tmp_path, vlm):
     key = "model.language_model.layers.2.linear_attn.A_log"
     path = _copy_with(vlm, tmp_path / "c", lambda t: t.pop(key))
-    with pytest.raises(CheckpointError, match=r"missing \(1\)[\s\S]*model\.layers\.2\.linear_attn\.A_log \[4\]"):
+    with pytest.raises(
+        CheckpointError, match=r"missing \(1\)[\s\S]*model\.layers\.2\.linear_attn\.A_log \[4\]"
+    ):
         load_model(path, ignore_prefixes=VIS)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cortex_jax.engine.steps import decode_positions, text_positions
-from tests.model.conftest import B, CHUNK, T, assert_close_rel, full_valid, hf_logits
+from tests.model.conftest import CHUNK, B, T, assert_close_rel, full_valid, hf_logits
 
 
 def _prefill(tiny, ids, valid, cache=None):
@@ -23,12 +23,16 @@ def test_full_sequence_logits(tiny, tokens):
     ref = hf_logits(tiny.hf, tokens)
     cache = tiny.cache()
     valid = full_valid()
-    logits, cache = tiny.forward(tiny.state, cache, jnp.asarray(tokens), text_positions(cache.lengths, valid), valid)
+    logits, cache = tiny.forward(
+        tiny.state, cache, jnp.asarray(tokens), text_positions(cache.lengths, valid), valid
+    )
     assert_close_rel(logits, ref, 1e-4, "full-sequence logits")
     np.testing.assert_array_equal(np.asarray(cache.lengths), [T, T])
 
 
-@pytest.mark.parametrize("lengths", [(1, CHUNK + 7), (CHUNK - 7, CHUNK)], ids=["1_and_above", "below_and_equal"])
+@pytest.mark.parametrize(
+    "lengths", [(1, CHUNK + 7), (CHUNK - 7, CHUNK)], ids=["1_and_above", "below_and_equal"]
+)
 def test_prefill_lengths_right_padded(tiny, tokens, lengths):
     """Prompt lengths 1, below, equal to and above the GDN chunk, right-padded into one bucket."""
     ref = hf_logits(tiny.hf, tokens)
@@ -48,8 +52,9 @@ def test_prefill_then_decode_matches_full_forward(tiny, tokens):
     got, want = [np.asarray(last)], [ref[np.arange(B), lengths - 1]]
     for step in range(T - lengths.max()):
         idx = lengths + step
-        logits, cache = tiny.decode(tiny.state, cache, jnp.asarray(tokens[np.arange(B), idx]),
-                                    decode_positions(cache.lengths))
+        logits, cache = tiny.decode(
+            tiny.state, cache, jnp.asarray(tokens[np.arange(B), idx]), decode_positions(cache.lengths)
+        )
         got.append(np.asarray(logits))
         want.append(ref[np.arange(B), idx])
     assert_close_rel(np.stack(got), np.stack(want), 1e-4, "prefill+decode vs full forward")
@@ -59,8 +64,13 @@ def test_decode_inactive_rows_untouched(tiny, tokens):
     """decode_step(valid=False) for a row leaves its cache (all layers, length) exactly unchanged."""
     _, cache = _prefill(tiny, tokens, np.arange(T)[None, :] < np.array([[5], [9]]))
     before = [np.asarray(x) for x in _leaves(cache)]
-    _, cache = tiny.decode(tiny.state, cache, jnp.asarray(tokens[:, 0]), decode_positions(cache.lengths),
-                           jnp.array([True, False]))
+    _, cache = tiny.decode(
+        tiny.state,
+        cache,
+        jnp.asarray(tokens[:, 0]),
+        decode_positions(cache.lengths),
+        jnp.array([True, False]),
+    )
     after = [np.asarray(x) for x in _leaves(cache)]
     for x, y in zip(before, after, strict=True):
         np.testing.assert_array_equal(x[1], y[1])
@@ -86,10 +96,16 @@ def _greedy(tiny, prompt_ids, valid, n_new):
 
 def _hf_generate(hf, ids, attention_mask, n_new):
     with torch.no_grad():
-        out = hf.generate(input_ids=torch.tensor(ids, dtype=torch.long),
-                          attention_mask=torch.tensor(attention_mask, dtype=torch.long), max_new_tokens=n_new,
-                          min_new_tokens=n_new, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[:, ids.shape[1]:].numpy()
+        out = hf.generate(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(attention_mask, dtype=torch.long),
+            max_new_tokens=n_new,
+            min_new_tokens=n_new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    return out[:, ids.shape[1] :].numpy()
 
 
 def test_greedy_32_tokens_match_hf_generate(tiny, tokens):
@@ -113,10 +129,10 @@ def test_left_padded_batch_matches_hf(tiny, tokens):
     ids = np.zeros((B, T), np.int32)
     valid = np.zeros((B, T), bool)
     for b, n in enumerate(lengths):
-        hf_ids[b, hf_len - n:] = tokens[b, :n]
-        hf_mask[b, hf_len - n:] = 1
-        ids[b, T - n:] = tokens[b, :n]
-        valid[b, T - n:] = True
+        hf_ids[b, hf_len - n :] = tokens[b, :n]
+        hf_mask[b, hf_len - n :] = 1
+        ids[b, T - n :] = tokens[b, :n]
+        valid[b, T - n :] = True
     ref = hf_logits(tiny.hf, hf_ids, hf_mask)[:, -1]
     last, _ = _prefill(tiny, ids, valid)
     assert_close_rel(last, ref, 1e-4, "left-padded last logits")

@@ -74,7 +74,7 @@ def test_matches_reference_on_corpus(tok, qwen_reference):
 
 
 def test_matches_reference_on_every_vocabulary_entry(tok, qwen_reference):
-    """Each token's own text (where it is valid, NFC-stable UTF-8) encodes identically; this covers the ~200
+    """A token's own text (where it is valid, NFC-stable UTF-8) encodes identically; this covers the ~200
     tokens that no merge sequence reaches, which only the whole-pre-token lookup (ignore_merges) produces."""
     texts = []
     for i in range(248044):
@@ -85,7 +85,7 @@ def test_matches_reference_on_every_vocabulary_entry(tok, qwen_reference):
         if unicodedata.normalize("NFC", t) == t:
             texts.append(t)
     ours = tok.encode_batch(texts)
-    ref = qwen_reference._tokenizer.encode_batch(texts, allowed_special="all")
+    ref = [qwen_reference._tokenizer.encode(t, allowed_special="all") for t in texts]
     bad = [(t, a, b) for t, a, b in zip(texts, ours, ref, strict=True) if a != b]
     assert not bad, bad[:5]
     assert tok.encode("加拿大") == [108918]  # merge-unreachable, emitted by tiktoken as a whole pre-token
@@ -139,12 +139,15 @@ def test_small_conversion_emulates_rank_bpe():
     assert t.encode("x<s>") == [ord("x"), len(ranks)]
 
 
-def test_from_dir_errors_and_template_sources(tmp_path, ckpt_dir):
+def test_from_dir_errors_and_template_sources(tmp_path):
     with pytest.raises(TokenizerLoadError, match="tokenizer.json"):
         Tokenizer.from_dir(tmp_path)
     d = tmp_path / "ckpt"
     d.mkdir()
-    (d / "tokenizer.json").write_bytes((ckpt_dir / "tokenizer.json").read_bytes())
+    ranks = {bytes([b]): b for b in range(256)}
+    (d / "tokenizer.json").write_text(
+        tokenizer_json_from_tiktoken(ranks, r"\S+|\s+", [(256, "<|endoftext|>"), (257, "<|im_end|>")])
+    )
     bare = Tokenizer.from_dir(d)
     assert bare.chat_template is None and bare.eos_token_ids == frozenset()
     with pytest.raises(ChatTemplateError, match="no chat template"):
@@ -154,11 +157,14 @@ def test_from_dir_errors_and_template_sources(tmp_path, ckpt_dir):
         "eos_token": {"content": "<|im_end|>"},
         "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ 'D' }}"}],
     }))
-    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [248044, 5]}))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [256, 5]}))
+    (d / "config.json").write_text(json.dumps({"text_config": {"eos_token_id": 7}}))
     t = Tokenizer.from_dir(d)
     assert t.apply_chat_template([{"role": "user", "content": "x"}]) == "D"
-    assert t.eos_token_ids == {248046, 248044, 5}
+    assert t.eos_token_ids == {257, 256, 5, 7}
     assert Tokenizer.from_dir(d, chat_template="{{ 'O' }}").apply_chat_template([{"role": "user"}]) == "O"
+    (d / "chat_template.jinja").write_text("{{ 'J' }}")  # the .jinja file wins over the config field
+    assert Tokenizer.from_dir(d).apply_chat_template([{"role": "user"}]) == "J"
     (d / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(TokenizerLoadError, match="tokenizer_config.json"):
         Tokenizer.from_dir(d)

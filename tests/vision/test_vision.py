@@ -10,11 +10,12 @@ import torch
 from flax import nnx
 
 from cortex_jax.checkpoint import CheckpointError, load_state
+from cortex_jax.engine.api import ImageInput
 from cortex_jax.mesh import make_mesh
 from cortex_jax.sharding import AxisRules, state_shardings
 from models.qwen36.multimodal import pack_images
-from models.qwen36.vision import Qwen36VisionModel, patch_bucket, patch_layout, segment_attention, vision_rules
-from cortex_jax.engine.api import ImageInput
+from models.qwen36.vision import Qwen36VisionModel, patch_bucket, patch_layout, vision_rules
+from models.qwen36.vision_attention import segment_attention
 from tests.vision.conftest import assert_close_rel
 
 TEXT_PREFIXES = ("model.language_model.", "lm_head.", "mtp.")
