@@ -107,3 +107,19 @@ def test_bf16_model_within_bf16_noise_of_hf(ckpt_paths, tokens):
     assert np.abs(ours - ref32).max() <= 1.5 * noise
     assert np.abs(ours - ref16).max() <= 1.5 * noise
     assert (ours.argmax(-1) == ref32.argmax(-1)).mean() >= 0.9
+
+
+def test_sharding_rules_and_guard(ckpt_paths):
+    from jax.sharding import PartitionSpec as P
+
+    from cortex_jax.sharding import AxisRules, assert_sharded, spec
+
+    rules = AxisRules()
+    assert spec(("embed", "heads"), rules) == P(None, "tp")
+    assert spec(("batch", None, "kv_heads", None), rules) == P("dp", None, "tp", None)
+    with pytest.raises(ValueError, match="mesh axis reused"):
+        spec(("heads", "ffn"), rules)
+    with pytest.raises(ValueError, match="unknown logical axis"):
+        spec(("nope",), rules)
+    _, state, _ = load_model(ckpt_paths["text_hv3_tied"])
+    assert_sharded(state, min_bytes=1)  # one device: nothing is "replicated on several devices"
