@@ -14,9 +14,8 @@ the target state path (``re`` template, dotted nnx path such as ``model.layers.3
 
 The headers are parsed here rather than with ``safetensors.safe_open``: its numpy backend cannot return bf16
 (``TypeError: data type 'bfloat16' not understood`` with safetensors 0.8), and the format (8-byte
-little-endian
-header length, JSON header with ``dtype``/``shape``/``data_offsets``, raw little-endian data) is simple to
-validate strictly. bf16 uses ``ml_dtypes.bfloat16``.
+little-endian header length, JSON header with ``dtype``/``shape``/``data_offsets``, raw little-endian data)
+is simple to validate strictly. bf16 uses ``ml_dtypes.bfloat16``.
 """
 
 from __future__ import annotations
@@ -66,8 +65,7 @@ class CheckpointError(Exception):
 @dataclass(frozen=True)
 class Transform:
     """File layout → param layout. ``out_shape`` maps shapes; ``src_index`` maps a param slice to the file
-    slice
-    that holds it; ``apply`` turns that file slice into the param slice."""
+    slice that holds it; ``apply`` turns that file slice into the param slice."""
 
     name: str
     out_shape: Callable[[tuple[int, ...]], tuple[int, ...]]

@@ -51,9 +51,9 @@ class Completion:
 def load(model: str | Path = "qwen3.6-tiny", *, max_slots: int = 4, max_context: int = 2048,
          max_queue: int = 64, dtype: Any = None, tensor_parallel: int = 1,
          prefill_buckets: tuple[int, ...] = (64, 128, 256, 512), warmup: bool = False) -> Generator:
-    """Load ``model`` (``"qwen3.6-tiny"`` = the embedded checkpoint, or an HF checkpoint directory) and start an
-    engine with ``max_slots`` decode slots of ``max_context`` tokens each. ``dtype`` default: bf16 on GPU/TPU,
-    fp32 on CPU. ``tensor_parallel`` shards over that many local devices."""
+    """Load ``model`` (``"qwen3.6-tiny"`` = the embedded checkpoint, or an HF checkpoint directory) and start
+    an engine with ``max_slots`` decode slots of ``max_context`` tokens each. ``dtype`` default: bf16 on
+    GPU/TPU, fp32 on CPU. ``tensor_parallel`` shards over that many local devices."""
     from cortex_jax.engine.tokenizer import Tokenizer
     from cortex_jax.mesh import make_mesh
     from models.qwen36.embedded import EMBEDDED_MODEL_ID, ensure_embedded_checkpoint
@@ -102,7 +102,8 @@ class Generator:
     # ---- generation -----------------------------------------------------------------------------
     def complete(self, prompt: Prompt, **sampling: Any) -> Completion:
         """Generate to the end; ``sampling`` are ``SamplingParams`` fields (max_tokens, temperature, top_p,
-        top_k, min_p, seed, stop, logprobs, top_logprobs, ...) plus ``enable_thinking``/``tools`` for chats."""
+        top_k, min_p, seed, stop, logprobs, top_logprobs, ...) plus ``enable_thinking``/``tools`` for
+        chats."""
         return _collect(self.engine.generate_sync(self._request(prompt, dict(sampling))))
 
     def generate(self, prompt: Prompt | Sequence[Prompt], **sampling: Any) -> str | list[str]:
@@ -142,7 +143,7 @@ class Generator:
 
     # ---- inspection -----------------------------------------------------------------------------
     def cache_info(self) -> dict[str, Any]:
-        """The slot pool: slots, context, bytes (cache + sampler histograms), and each layer's cache shapes."""
+        """The slot pool: slots, context, bytes (cache + sampler histograms), each layer's cache shapes."""
         pool = self.engine.runner.pool
         layers = [{type(c).__name__: {f.name: (tuple(getattr(c, f.name).shape), str(getattr(c, f.name).dtype))
                                       for f in dataclasses.fields(c)}} for c in pool.cache.layers]
@@ -173,4 +174,5 @@ def _collect(stream) -> Completion:
         lps.extend(delta.logprobs)
         last = delta
     return Completion(text="".join(text), token_ids=tuple(ids), finish_reason=last.finish_reason,
-                      stop_reason=last.stop_reason, usage=last.usage, timings=last.timings, logprobs=tuple(lps))
+                      stop_reason=last.stop_reason, usage=last.usage, timings=last.timings,
+                      logprobs=tuple(lps))

@@ -1,7 +1,7 @@
 """Image preprocessing for Qwen-VL style vision towers: bytes → patches in merge-block order.
 
 Pipeline (reference §7; equal to transformers 5.23 ``Qwen2VLImageProcessorPil``, which is what
-``Qwen2VLImageProcessor`` / ``AutoImageProcessor`` fall back to when torchvision is absent — it is absent here):
+``Qwen2VLImageProcessor`` / ``AutoImageProcessor`` fall back to without torchvision — which is absent here):
 
 1. decode with pillow (PNG, JPEG, WebP, GIF first frame, BMP only), apply the EXIF orientation (as HF's
    ``load_image`` does for files), convert to RGB compositing any alpha onto white (HF ``convert_to_rgb``);
@@ -89,7 +89,7 @@ class ImageLimits:
     """Operator-configurable caps; everything above them is a 400, never an OOM or a hang."""
 
     max_bytes: int = 32 << 20  # encoded size
-    max_decoded_pixels: int = 64_000_000  # W·H from the header, checked *before* decoding (decompression bomb)
+    max_decoded_pixels: int = 64_000_000  # W·H from the header, checked *before* decoding (bombs)
     max_image_tokens: int | None = None  # per image, after resize (None: whatever max_pixels allows)
     max_images: int = 16  # per request
     max_total_image_tokens: int | None = None  # per request
@@ -139,7 +139,8 @@ def num_image_tokens(height: int, width: int, cfg: ImageProcessorConfig) -> int:
 
 
 def decode_data_uri(uri: str) -> bytes:
-    """Bytes of a ``data:image/...;base64,...`` URI. Video MIME types, non-base64 and malformed URIs are refused."""
+    """Bytes of a ``data:image/...;base64,...`` URI; video MIME types, non-base64 and malformed URIs are
+    refused."""
     if not uri.startswith("data:"):
         raise ImageError("expected a data: URI")
     header, sep, payload = uri[5:].partition(",")
@@ -160,7 +161,8 @@ def decode_data_uri(uri: str) -> bytes:
 
 
 def load_image_url(url: str, policy: FetchPolicy | None = None) -> bytes:
-    """Bytes of an image given as an OpenAI/Anthropic URL string: a data URI, or a remote URL the policy allows.
+    """Bytes of an image given as an OpenAI/Anthropic URL string: a data URI, or a remote URL the policy
+    allows.
 
     Remote URLs are refused unless ``policy`` allow-lists the host; even then this module does not fetch —
     the caller (neuron) does, with its own client, timeouts and ``max_bytes``.
@@ -194,22 +196,27 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits()) -> Image.Imag
         raise ImageError(_unidentified(data)) from None
     except Image.DecompressionBombError as e:  # pillow's own hard cap (2 × MAX_IMAGE_PIXELS) hit first
         raise ImageError(f"image dimensions are too large (decompression bomb?): {e}") from e
-    except (OSError, ValueError, SyntaxError) as e:  # header parse errors from individual plugins
-        raise ImageError(f"corrupt image data ({e})") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # header parse errors from individual plugins
+        raise ImageError(_damaged("", e)) from e
     w, h = img.size
     if w <= 0 or h <= 0:
         raise ImageError(f"image has zero size ({w}x{h})")
     if w * h > limits.max_decoded_pixels:
         raise ImageError(
-            f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_decoded_pixels} (decompression bomb?)"
+            f"image is {w}x{h} = {w * h} pixels; the limit is {limits.max_decoded_pixels} "
+            "(decompression bomb?)"
         )
     try:
         img.load()  # first frame only for GIF/WebP animations
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        kind = "truncated" if "truncated" in str(e).lower() else "corrupt"
-        raise ImageError(f"{kind} {img.format or ''} image data ({e})".replace("  ", " ")) from e
+        raise ImageError(_damaged(img.format or "", e)) from e
+
+
+def _damaged(fmt: str, e: BaseException) -> str:
+    kind = "truncated" if "truncated" in str(e).lower() else "corrupt"
+    return " ".join(x for x in (kind, fmt, f"image data ({e})") if x)
 
 
 def _unidentified(data: bytes) -> str:
@@ -242,15 +249,16 @@ def patchify(image: np.ndarray, cfg: ImageProcessorConfig) -> np.ndarray:
     return np.ascontiguousarray(x).reshape(gh * gw, c * t * p * p)
 
 
-def preprocess_pil(img: Image.Image, cfg: ImageProcessorConfig, limits: ImageLimits = ImageLimits()) -> ImageInput:
+def preprocess_pil(img: Image.Image, cfg: ImageProcessorConfig,
+                   limits: ImageLimits = ImageLimits()) -> ImageInput:
     """RGB pillow image → :class:`ImageInput` (pixel_values ``[N, P]`` float32, grid (1, h̄/p, w̄/p))."""
     w, h = img.size
     h_bar, w_bar = smart_resize(h, w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
     n_tokens = (h_bar // cfg.patch_size) * (w_bar // cfg.patch_size) // cfg.merge_size**2
     if limits.max_image_tokens is not None and n_tokens > limits.max_image_tokens:
         raise ImageError(
-            f"image {w}x{h} needs {n_tokens} image tokens after resizing to {w_bar}x{h_bar}; the per-image limit "
-            f"is {limits.max_image_tokens}"
+            f"image {w}x{h} needs {n_tokens} image tokens after resizing to {w_bar}x{h_bar}; "
+            f"the per-image limit is {limits.max_image_tokens}"
         )
     resized = img.resize((w_bar, h_bar), resample=Image.BICUBIC)
     x = np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)  # CHW
@@ -288,7 +296,8 @@ def check_request_images(images: Sequence[ImageInput], limits: ImageLimits) -> N
     total = sum(im.num_tokens for im in images)
     if limits.max_total_image_tokens is not None and total > limits.max_total_image_tokens:
         raise ImageError(
-            f"images need {total} image tokens in total; the per-request limit is {limits.max_total_image_tokens}"
+            f"images need {total} image tokens in total; "
+            f"the per-request limit is {limits.max_total_image_tokens}"
         )
 
 

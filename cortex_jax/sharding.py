@@ -1,9 +1,10 @@
-"""Logical axis names → mesh axes (one rules table), the single param-creation helper, state shardings and a
-replication guard.
+"""Logical axis names → mesh axes (one rules table), the single param-creation helper, state shardings,
+activation constraints and a replication guard.
 
-Modules never name mesh axes. They tag every parameter dimension with a *logical* axis (``"embed"``,
-``"heads"``, ...) through :func:`param`; :class:`AxisRules` decides which mesh axis (``"dp"``/``"tp"``) each
-logical axis maps to.
+Modules never name mesh axes. They tag every parameter, cache and activation dimension with a *logical* axis
+(``"embed"``, ``"heads"``, ...) through :func:`param` and :class:`Sharder`; :class:`AxisRules` decides which
+mesh axis (``"dp"``/``"tp"``) each logical axis maps to, and :func:`rules_for` fits that table to a model's head
+counts and a mesh (docs/sharding.md has the full table and the decisions behind it).
 
 Logical axes used by the Qwen3.6 model:
 
@@ -13,11 +14,13 @@ axis           mesh   dimension
 batch          dp     batch rows / cache slots
 embed          —      model width D (replicated: activations stay whole between blocks)
 heads          tp     attention query heads (q_proj/o_proj columns, including the gate half)
-kv_heads       tp     attention KV heads (replicated when tp > Hkv: finished in the TP issue)
+kv_heads       tp     attention KV heads; replicated (None) by :func:`rules_for` when tp does not divide Hkv
 ffn            tp     MLP intermediate columns
 vocab          tp     embedding / lm_head rows
-gdn_v_heads    tp     Gated DeltaNet value heads (z, b, a, A_log, dt_bias, out_proj rows)
-gdn_conv       tp     Gated DeltaNet conv channels (q|k|v stripes must be split consistently)
+gdn_v_heads    tp     Gated DeltaNet value heads (z, b, a, A_log, dt_bias, out_proj rows, recurrent state)
+gdn_conv       tp     Gated DeltaNet conv channels, stored in key-head-group order (q_h|k_h|v_h per key head),
+                      and the key-head axis of the grouped q/k/v views: a shard holds whole key heads together
+                      with their value heads
 head_dim       —      per-head feature dims
 =============  =====  ==========================================================================
 """

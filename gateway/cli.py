@@ -118,6 +118,13 @@ def _call(client: httpx.Client, method: str, path: str, body: dict[str, Any] | N
     return data
 
 
+def _model_cell(m: dict[str, Any]) -> str:
+    cell = f"{m['id']} {_state(m['state'])}"
+    if m["state"] == "loading" and isinstance(m.get("progress"), (int, float)):
+        cell += f" {m['progress']:.0%}"
+    return cell + (" (pinned)" if m["pinned"] else "")
+
+
 def _state(s: str) -> str:
     return f"[{_STATE_STYLE.get(s, 'white')}]{s}[/]"
 
@@ -140,8 +147,7 @@ def _status(args: argparse.Namespace, client: httpx.Client, console: Console) ->
             kind = str(d.get("kind") or d.get("platform") or "?")
             kinds[kind] = kinds.get(kind, 0) + 1
         mem = n["memory"]
-        models = ", ".join(f"{m['id']} {_state(m['state'])}" + (" (pinned)" if m["pinned"] else "")
-                           for m in n["models"] if m["state"] != "available") or "-"
+        models = ", ".join(_model_cell(m) for m in n["models"] if m["state"] != "available") or "-"
         if not n["up"]:
             state = f"[red]down[/]\n[dim]{n['last_error'] or ''}[/]"
         else:

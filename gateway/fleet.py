@@ -112,7 +112,8 @@ class Fleet:
         started = time.monotonic()
         try:
             health, models = await asyncio.gather(self._get(node, "/health"), self._get(node, "/models"))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            self._apply(node, health, models, stale=node.changed_at > started)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as exc:
             node.failures += 1
             node.last_error = f"{type(exc).__name__}: {exc}"
             if node.up and node.failures >= self.settings.gateway.failure_threshold:
@@ -120,7 +121,6 @@ class Fleet:
                             node.last_error)
                 node.up = False
             return False
-        self._apply(node, health, models, stale=node.changed_at > started)
         return True
 
     async def poll_once(self) -> None:
@@ -132,7 +132,10 @@ class Fleet:
         interval = self.settings.gateway.poll_interval
         while True:
             started = time.monotonic()
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # a bug must not stop polling for good; say so loudly and keep going
+                log.exception("fleet poll failed")
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     def start(self) -> None:

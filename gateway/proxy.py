@@ -27,7 +27,7 @@ from gateway.upstream import error_event, error_from_response, error_from_transp
 
 _JSON = {"content-type": "application/json"}
 # Codes meaning "this node does not have the model loaded (any more)": the gateway's view was stale.
-_STALE_CODES = ("model_not_found", "model_not_loaded", "model_loading", "model_unloading")
+STALE_CODES = ("model_not_found", "model_not_loaded", "model_loading", "model_unloading")
 
 
 class _Retry(Exception):
@@ -149,6 +149,9 @@ class Proxy:
         except UpstreamError as exc:
             timer.finish(exc.status)
             raise
+        except asyncio.CancelledError:  # the client went away while we waited
+            timer.finish(499)
+            raise
         self.fleet.end(model, node)
         usage = None
         try:
@@ -168,6 +171,9 @@ class Proxy:
             node, resp, (first, rest) = await self._attempts(path, model, payload, timer, _read_first_event)
         except UpstreamError as exc:
             timer.finish(exc.status)
+            raise
+        except asyncio.CancelledError:
+            timer.finish(499)
             raise
         return UpstreamStream(self, node, model, resp, first, rest, timer), want_usage
 
@@ -226,7 +232,7 @@ class Proxy:
                 resp = await self.client.send(req, stream=True)
                 if resp.status_code >= 400:
                     err = error_from_response(resp, await resp.aread())
-                    if err.error.get("code") in _STALE_CODES and stale_retry:
+                    if err.error.get("code") in STALE_CODES and stale_retry:
                         stale_retry = False  # our view of the node was stale: re-place and try again
                         self.fleet.set_model_state(node, model, "available")
                         raise _Retry(err, exclude=False)

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.errors import UpstreamError, bad_request
-from gateway.proxy import Proxy
+from gateway.proxy import STALE_CODES, Proxy
 from gateway.upstream import error_from_response, event_data
 
 __all__ = ["ChatBackend", "UpstreamError"]
@@ -64,24 +64,32 @@ class ChatBackend:
             await events.aclose()
 
     async def tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Token count from a neuron that has the model loaded (else any that lists it); no load needed."""
+        """Token count from a neuron: one that has the model loaded, else any that lists it, else the model is
+        cold-loaded first (a neuron may need the model loaded to tokenize)."""
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             raise bad_request("'model' is required and must be a string", param="model")
-        catalog = self.proxy.catalog
-        model = catalog.resolve(body["model"])
-        nodes = sorted(catalog.candidates(model), key=lambda n: n.state_of(model) != "loaded")
+        proxy = self.proxy
+        model = proxy.catalog.resolve(body["model"])
+        payload = dict(body, model=model)
+        nodes = sorted(proxy.catalog.candidates(model), key=lambda n: n.state_of(model) != "loaded")
         last: UpstreamError | None = None
-        for node in nodes:
+        for node in [n.name for n in nodes]:
             try:
-                resp = await self.proxy.send_to(node.name, "/tokenize", dict(body, model=model))
+                return await self._tokenize_on(node, payload)
             except UpstreamError as exc:
+                if exc.status < 500 and exc.error.get("code") not in STALE_CODES:
+                    raise
                 last = exc
-                continue
-            if resp.status_code >= 500:
-                last = error_from_response(resp, resp.content)
-                continue
-            if resp.status_code >= 400:
-                raise error_from_response(resp, resp.content)
-            return resp.json()
-        raise last or UpstreamError.make(503, f"no node is up to tokenize for '{model}'", code="no_capacity",
-                                         retry_after=5)
+        try:
+            node = await proxy.manager.acquire(model)
+        except UpstreamError:
+            if last is not None:
+                raise last from None
+            raise
+        return await self._tokenize_on(node, payload)
+
+    async def _tokenize_on(self, node: str, payload: dict[str, Any]) -> dict[str, Any]:
+        resp = await self.proxy.send_to(node, "/tokenize", payload)
+        if resp.status_code >= 400:
+            raise error_from_response(resp, resp.content)
+        return resp.json()

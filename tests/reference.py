@@ -85,8 +85,8 @@ def tiny_vision_config_dict(out_hidden_size: int = 64, **overrides: Any) -> dict
 
 def _perturb(model, seed: int) -> None:
     """Move every weight away from HF's init with a fixed seed: norms/offsets get O(0.1–0.3) noise (a (1+w)
-    vs w
-    mix-up then shows), dt_bias/A_log spread out, matrices get unit-scale fan-in init so logits are O(1)."""
+    vs w mix-up then shows), dt_bias/A_log spread out, matrices get unit-scale fan-in init so logits are
+    O(1)."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)

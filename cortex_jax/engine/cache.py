@@ -7,8 +7,7 @@ Shape letters: B rows (slots), S max cached tokens, Hkv KV heads, hd head dim, K
 * ``AttnCache(k, v)``: ``[B, S, Hkv, hd]`` each, model dtype, post-k_norm and post-RoPE. Entries at
   index ≥ ``lengths[b]`` are stale and never read.
 * ``GdnCache(conv, recurrent)``: ``conv [B, K-1, C]`` the last K−1 *raw* ``in_proj_qkv`` outputs (model
-  dtype),
-  ``recurrent [B, Hv, dk, dv]`` float32 (pitfall 13).
+  dtype), ``recurrent [B, Hv, dk, dv]`` float32 (pitfall 13).
 * ``HybridCache(layers, lengths)``: one entry per decoder layer in ``layer_kinds`` order; ``lengths [B]
   int32``.
 

@@ -14,9 +14,9 @@ would print U+FFFD. Two strategies, both O(1) per token:
   the character completes or more than ``MAX_HELD`` tokens are pending (then the bytes really are invalid: a
   character has at most four bytes and fallback tokens carry one each).
 
-Concatenating ``push`` results and ``flush()`` equals ``tokenizer.decode(ids)`` (tested): always for the bytes
-strategy; for the window strategy whenever the bytes are valid UTF-8 (HF's ByteFallback decoder replaces *every*
-byte of a run that contains an invalid sequence, which only a one-shot decode of the whole run can reproduce).
+Concatenating ``push`` results and ``flush()`` equals ``tokenizer.decode(ids)`` (tested): always for the
+bytes strategy; for the window strategy whenever the bytes are valid UTF-8 (HF's ByteFallback decoder replaces
+*every* byte of a run that contains an invalid sequence, which only a one-shot decode of the run reproduces).
 """
 
 from __future__ import annotations

@@ -77,7 +77,8 @@ class Engine:
                  prepare: Callable[[GenerationRequest], PreparedPrompt] | None = None,
                  eos_token_ids: tuple[int, ...] | None = None):
         if config.max_slots not in (None, runner.num_slots):
-            raise ValueError(f"EngineConfig.max_slots={config.max_slots} but the runner has {runner.num_slots}")
+            raise ValueError(f"EngineConfig.max_slots={config.max_slots} but the runner has "
+                             f"{runner.num_slots}")
         if config.max_context is not None and config.max_context > runner.max_context:
             raise ValueError(f"EngineConfig.max_context={config.max_context} exceeds the runner's "
                              f"{runner.max_context}")
@@ -176,8 +177,8 @@ class Engine:
         if request.images and self._prepare is None:
             raise InvalidRequestError("images: this model has no vision input")
         if len(prompt) + 1 > self.max_context:
-            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; the context limit is {self.max_context} "
-                                     "(prompt + at least one generated token)")
+            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; the context limit is "
+                                     f"{self.max_context} (prompt + at least one generated token)")
         seq_id = next(self._ids)
         if not request.request_id:
             request = dataclasses.replace(request, request_id=f"req-{seq_id}")
@@ -325,7 +326,8 @@ def _validate(request: GenerationRequest, vocab_size: int) -> None:
     p = request.sampling
     checks = [
         (len(request.prompt_ids) > 0, "prompt_ids: empty prompt"),
-        (all(0 <= int(t) < vocab_size for t in request.prompt_ids), f"prompt_ids: ids must be in [0, {vocab_size})"),
+        (all(0 <= int(t) < vocab_size for t in request.prompt_ids),
+         f"prompt_ids: ids must be in [0, {vocab_size})"),
         (p.max_tokens >= 1, "max_tokens: must be >= 1"),
         (p.temperature >= 0, "temperature: must be >= 0"),
         (0 < p.top_p <= 1, "top_p: must be in (0, 1]"),

@@ -23,8 +23,8 @@ class Detokenizer(Protocol):
 
 
 class DecodeDiffDetokenizer:
-    """Fallback incremental detokenizer over any ``decode(ids)``: decodes a short window of recent ids and emits
-    the new suffix, holding back text that ends in U+FFFD (an incomplete UTF-8 sequence so far)."""
+    """Fallback incremental detokenizer over any ``decode(ids)``: decodes a short window of recent ids and
+    emits the new suffix, holding back text that ends in U+FFFD (an incomplete UTF-8 sequence so far)."""
 
     def __init__(self, tokenizer: Any, window: int = 6):
         self._decode = tokenizer.decode

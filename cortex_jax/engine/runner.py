@@ -53,7 +53,8 @@ class ModelFns:
 
 @functools.lru_cache(maxsize=8)
 def nnx_model_fns(graphdef: Any) -> ModelFns:
-    """ModelFns for an ``nnx`` model split once into ``(graphdef, state)`` (merged inside the jitted steps)."""
+    """ModelFns for an ``nnx`` model split once into ``(graphdef, state)`` (merged inside the jitted
+    steps). Cached per graphdef so runners over one model share the jit cache."""
     from flax import nnx
 
     def forward(state, tokens, positions, valid, cache, input_embeds):
@@ -77,8 +78,8 @@ def runner_for_model(graphdef: Any, state: Any, cfg: Any, *, num_slots: int, max
         cache_dtype = _state_dtype(state)
     sharding = None if mesh is None else cache_shardings(cfg.text, num_slots, max_context, mesh, rules)
     cache = init_cache(cfg.text, num_slots, max_context, cache_dtype, sharding)
-    return Runner(nnx_model_fns(graphdef), state, cache, vocab_size=cfg.text.vocab_size, max_context=max_context,
-                  prefill_buckets=prefill_buckets, mesh=mesh)
+    return Runner(nnx_model_fns(graphdef), state, cache, vocab_size=cfg.text.vocab_size,
+                  max_context=max_context, prefill_buckets=prefill_buckets, mesh=mesh)
 
 
 def _state_dtype(state: Any) -> Any:
@@ -103,7 +104,8 @@ class SlotPool:
 
 @dataclass(frozen=True)
 class HostSample:
-    """One step's sampled rows on the host: ``tokens [N]``, ``logprobs [N]``, ``top_ids/top_logprobs [N, K]``."""
+    """One step's sampled rows on the host: ``tokens [N]``, ``logprobs [N]``,
+    ``top_ids/top_logprobs [N, K]``."""
 
     tokens: np.ndarray
     logprobs: np.ndarray
@@ -171,7 +173,8 @@ def _constrain(pool, shardings):
 
 # Module-level jits with the model functions and pool shardings as static arguments: runners over the same
 # model and shapes (tests, an engine rebuilt after unload/reload) share one compilation cache.
-_prefill_jit = jax.jit(_prefill_chunk, static_argnums=(0, 1), static_argnames=("num_top",), donate_argnums=(3,))
+_prefill_jit = jax.jit(_prefill_chunk, static_argnums=(0, 1), static_argnames=("num_top",),
+                       donate_argnums=(3,))
 _decode_jit = jax.jit(_decode, static_argnums=(0, 1), static_argnames=("num_top",), donate_argnums=(3,))
 
 

@@ -3,17 +3,19 @@
 Policy (one iteration of the engine loop):
 
 1. *Admit* first-come-first-served from the waiting queue into free slots.
-2. *Prefill* chunks of the prompts being prefilled, oldest admission first, until the iteration's token budget
-   is spent (at least one chunk). A prompt is always cut at multiples of ``chunk`` tokens, whatever the budget,
-   so its numerics (and outputs) never depend on what else is running.
+2. *Prefill* chunks of the prompts being prefilled, oldest admission first, until the iteration's token
+   budget is spent (at least one chunk). A prompt is always cut at multiples of ``chunk`` tokens, whatever
+   the budget, so its numerics (and outputs) never depend on what else is running.
 3. *Decode* one token for every slot whose prompt is done.
 
 A 30k-token prompt thus advances one budget per iteration while the other streams still get one token per
-iteration: their inter-token latency grows by one chunk's prefill time, instead of freezing for the whole prompt.
+iteration: their inter-token latency grows by one chunk's prefill time instead of freezing for the whole
+prompt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import time
 from collections import deque
@@ -86,8 +88,8 @@ class Chunk:
 
 
 class Scheduler:
-    """Fixed slots over one pool, FCFS admission, budgeted chunked prefill. Not thread-safe by design: only the
-    engine thread touches it."""
+    """Fixed slots over one pool, FCFS admission, budgeted chunked prefill. Not thread-safe by design: only
+    the engine thread touches it."""
 
     def __init__(self, num_slots: int, chunk: int, token_budget: int | None = None):
         self.slots: list[Sequence | None] = [None] * num_slots
@@ -128,10 +130,8 @@ class Scheduler:
     def release(self, seq: Sequence) -> None:
         """Remove a sequence wherever it is (finished or cancelled); its slot is free for the next admit."""
         if seq.status is Status.WAITING:
-            try:
+            with contextlib.suppress(ValueError):
                 self.waiting.remove(seq)
-            except ValueError:
-                pass
         elif seq.slot >= 0 and self.slots[seq.slot] is seq:
             self.slots[seq.slot] = None
         if seq in self._admitted:

@@ -2,8 +2,7 @@
 
 The nnx model is split once into ``(graphdef, state)``; each step merges inside ``jit``, runs the model and
 returns fp32 logits of the rows it needs plus the new cache. The cache argument is **donated**: after a call
-the
-caller must use the returned cache and never touch the one passed in (its buffers are reused in place).
+the caller must use the returned cache and never touch the one passed in (its buffers are reused in place).
 
 Shapes: B rows, T prompt tokens (padded to a bucket), V vocab, D width.
 
@@ -49,8 +48,8 @@ def bucket_for(n: int, buckets: Sequence[int] = BUCKETS) -> int:
 
 def text_positions(lengths: Array, valid: Array, offset: Array | None = None) -> Array:
     """``[3, B, T]`` int32 text positions: valid token n of row b gets ``lengths[b] + offset[b] + n`` on all
-    three
-    mRoPE axes (``offset`` = the row's rope delta after images, default 0); invalid tokens get 0 (as HF)."""
+    three mRoPE axes (``offset`` = the row's rope delta after images, default 0); invalid tokens get 0 (as
+    HF)."""
     valid = jnp.asarray(valid, bool)
     pos = jnp.asarray(lengths, jnp.int32)[:, None] + jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1
     if offset is not None:

@@ -9,14 +9,13 @@ its next step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 from cortex_jax.engine.api import Delta
-
-_END = object()
 
 
 class AsyncSink:
@@ -41,10 +40,8 @@ def deliver(posts: list[tuple[Any, Any]]) -> None:
         else:
             sink.queue.put(item)
     for loop, items in by_loop.items():
-        try:
+        with contextlib.suppress(RuntimeError):  # the consumer's loop is closed; nobody is listening
             loop.call_soon_threadsafe(_put_all, items)
-        except RuntimeError:  # the consumer's loop is closed; nobody is listening
-            pass
 
 
 def _put_all(items) -> None:
@@ -54,8 +51,8 @@ def _put_all(items) -> None:
 
 class RequestStream:
     """The handle ``Engine.generate`` returns: an async (or, from ``generate_sync``, blocking) iterator of
-    ``Delta``s ending with the delta whose ``finish_reason`` is set. Raises ``EngineFailedError`` if the engine
-    fails mid-stream."""
+    ``Delta``s ending with the delta whose ``finish_reason`` is set. Raises ``EngineFailedError`` if the
+    engine fails mid-stream."""
 
     def __init__(self, request_id: str, sink: AsyncSink | SyncSink, cancel: Callable[[], None]):
         self.request_id = request_id
@@ -75,7 +72,7 @@ class RequestStream:
         except asyncio.CancelledError:
             self.cancel()
             raise
-        return self._unwrap(item, StopAsyncIteration)
+        return self._unwrap(item)
 
     async def aclose(self) -> None:
         self.cancel()
@@ -92,13 +89,13 @@ class RequestStream:
         except BaseException:  # KeyboardInterrupt in a notebook: cancel the request, not only the wait
             self.cancel()
             raise
-        return self._unwrap(item, StopIteration)
+        return self._unwrap(item)
 
     def close(self) -> None:
         self.cancel()
 
     # ---- common ---------------------------------------------------------------------------------
-    def _unwrap(self, item, stop_exc):
+    def _unwrap(self, item) -> Delta:
         if isinstance(item, BaseException):
             self._done = True
             raise item
@@ -113,7 +110,5 @@ class RequestStream:
             self._cancel()
 
     def __del__(self):
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: the engine may be gone
             self.cancel()
-        except Exception:  # interpreter shutdown: the engine may be gone
-            pass

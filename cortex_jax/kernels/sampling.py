@@ -8,15 +8,15 @@ Per row, in this order (HF's warper order; vLLM applies the same set):
    (``x > 0 → x / r`` else ``x · r``, HF/vLLM semantics), then OpenAI frequency/presence over output tokens
    only (``x −= f·count + p·[count > 0]``);
 2. greedy rows (``temperature == 0``) take ``argmax`` here;
-3. ``x / temperature``; top-k, top-p and min-p become one *value threshold* per row (found on a sorted copy),
-   and every logit below it is masked to −inf in vocabulary order;
+3. ``x / temperature``; top-k, top-p and min-p become one *value threshold* per row (found by radix
+   selection, no sort), and every logit below it is masked to −inf in vocabulary order;
 4. Gumbel-max: ``argmax(x + g)`` with ``g ~ Gumbel(0, 1)`` a hash of the row's own (seed, step, token id),
    where ``step`` counts the tokens that request has generated so far (see ``gumbel_noise``).
 
 Why this shape: a row's result depends only on its own logits, settings, seed and step, never on its batch
-companions (same seed ⇒ same output; greedy in a batch = greedy alone). The sort runs only when some row
-filters (``lax.cond``); a row that does not filter gets an identical draw on either branch because masking
-never changes the surviving logits and the noise is drawn in vocabulary order.
+companions (same seed ⇒ same output; greedy in a batch = greedy alone). The selection runs only when some
+row filters (``lax.cond``); a row that does not filter gets an identical draw on either branch because
+masking never changes the surviving logits and the noise is drawn in vocabulary order.
 
 Reported logprobs are those of the *raw* model distribution (``log_softmax`` of the unpenalised, unscaled
 logits), as vLLM reports by default: the chosen token's and, when ``num_top > 0``, the K best alternatives.
@@ -68,7 +68,7 @@ class SampleOut:
 
 
 def pack_rows(rows: Sequence[tuple[object, int, int] | None]) -> SamplingArrays:
-    """Host-side packing of ``(SamplingParams, seed, step)`` per row (``None`` = idle row, greedy) to numpy."""
+    """Host-side packing of ``(SamplingParams, seed, step)`` per row (``None`` = idle row, greedy)."""
     floats = np.zeros((len(rows), 6), np.float32)
     floats[:, _F_TOP_P] = 1.0
     floats[:, _F_REP] = 1.0
@@ -85,7 +85,8 @@ def pack_rows(rows: Sequence[tuple[object, int, int] | None]) -> SamplingArrays:
 
 
 def apply_penalties(x: Array, p: SamplingArrays, counts: Array, prompt_seen: Array) -> Array:
-    """Penalised logits ``[B, V]`` f32; ``counts [B, V]`` int (output-token histogram), ``prompt_seen [B, V]``."""
+    """Penalised logits ``[B, V]`` f32; ``counts [B, V]`` int (output-token histogram),
+    ``prompt_seen [B, V]`` bool."""
     f = p.floats
     seen_out = counts > 0
     rep = f[:, _F_REP, None]
@@ -93,25 +94,41 @@ def apply_penalties(x: Array, p: SamplingArrays, counts: Array, prompt_seen: Arr
     return x - f[:, _F_FREQ, None] * counts.astype(jnp.float32) - f[:, _F_PRES, None] * seen_out
 
 
-def _filter_threshold(x: Array, p: SamplingArrays) -> Array:
-    """Per-row logit threshold ``[B]`` implementing top-k, then top-p on the renormalised top-k, and min-p.
+def _sortable(x: Array) -> Array:
+    """float32 → uint32 with the same order (flip all bits of negatives, the sign bit of the rest)."""
+    b = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where((b >> 31) == 1, ~b, b | jnp.uint32(0x80000000))
 
-    x: temperature-scaled logits ``[B, V]``. Ties at the threshold are all kept.
+
+def _largest_key(keys: Array, ok) -> Array:
+    """Per row, the largest uint32 ``t`` with ``ok(t)`` true, for ``ok`` monotone (true up to some ``t``):
+    built bit by bit from the top, 32 masked reductions over ``[B, V]`` instead of a sort."""
+
+    def bit(i, ans):
+        cand = ans | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        return jnp.where(ok(cand[:, None])[:, 0], cand, ans)
+
+    return jax.lax.fori_loop(0, 32, bit, jnp.zeros(keys.shape[:1], jnp.uint32))
+
+
+def _filter_keys(x: Array, p: SamplingArrays) -> Array:
+    """Per-row threshold ``[B]`` (as sortable keys) for top-k, then top-p over the renormalised top-k, and
+    min-p. x: temperature-scaled logits ``[B, V]``. Exact (ties at the threshold are all kept).
+
+    Why no sort: sorting B×V (V = 248k) costs more than the step it serves on CPU and is a long kernel on GPU;
+    radix selection needs 2×32 elementwise passes.
     """
-    v = x.shape[-1]
-    s = -jnp.sort(-x, axis=-1)  # [B, V] descending
-    idx = jnp.arange(v)[None, :]
+    keys = _sortable(x)
     k = p.ints[:, _I_TOP_K]
-    k_eff = jnp.where(k > 0, jnp.minimum(k, v), v)[:, None]
-    s_k = jnp.where(idx < k_eff, s, -jnp.inf)
-    probs = jax.nn.softmax(s_k, axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = (idx < k_eff) & (mass_before < p.floats[:, _F_TOP_P, None])  # position 0 is always kept
-    n_keep = jnp.maximum(keep.sum(-1), 1)
-    t_kp = jnp.take_along_axis(s, (n_keep - 1)[:, None], axis=-1)[:, 0]
+    k = jnp.where(k > 0, k, x.shape[-1])[:, None]
+    t_k = _largest_key(keys, lambda t: jnp.sum(keys >= t, axis=-1, keepdims=True) >= k)  # k-th largest
+    probs = jnp.where(keys >= t_k[:, None], jax.nn.softmax(x, axis=-1), 0.0)
+    need = p.floats[:, _F_TOP_P, None] * probs.sum(-1, keepdims=True)
+    # largest t whose kept mass still reaches top_p: the smallest nucleus (always ≥ t_k, holds at t_k)
+    t_p = _largest_key(keys, lambda t: jnp.sum(jnp.where(keys >= t, probs, 0.0), -1, keepdims=True) >= need)
     min_p = p.floats[:, _F_MIN_P]
-    t_min = jnp.where(min_p > 0, s[:, 0] + jnp.log(jnp.maximum(min_p, 1e-30)), -jnp.inf)
-    return jnp.maximum(t_kp, t_min)
+    t_min = _sortable(jnp.where(min_p > 0, x.max(-1) + jnp.log(jnp.maximum(min_p, 1e-30)), -jnp.inf))
+    return jnp.maximum(jnp.maximum(t_k, t_p), t_min)
 
 
 def _hash32(x: Array) -> Array:
@@ -139,30 +156,40 @@ def gumbel_noise(p: SamplingArrays, v: int) -> Array:
     return -jnp.log(-jnp.log(u))
 
 
-def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array, num_top: int = 0) -> SampleOut:
-    """Sample one token per row. ``logits [B, V]`` (any float dtype); ``num_top`` static (0..20)."""
-    x = logits.astype(jnp.float32)
-    raw_lp = jax.nn.log_softmax(x, axis=-1)
-    x = apply_penalties(x, p, counts, prompt_seen)
-    greedy_tok = jnp.argmax(x, axis=-1)
+def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array,
+           num_top: int = 0) -> SampleOut:
+    """Sample one token per row. ``logits [B, V]`` (any float dtype); ``num_top`` static (0..20).
 
-    temp = p.floats[:, _F_TEMP]
+    Work no row needs is skipped with ``lax.cond`` (penalties, noise, filtering); each skipped stage is the
+    identity for the rows that do not use it, so a row's token never depends on which branch ran.
+    """
+    f, i = p.floats, p.ints
+    raw = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(raw, axis=-1)
+    penalised = (f[:, _F_REP] != 1.0) | (f[:, _F_FREQ] != 0.0) | (f[:, _F_PRES] != 0.0)
+    x = jax.lax.cond(jnp.any(penalised), lambda x: apply_penalties(x, p, counts, prompt_seen), lambda x: x, raw)
+    greedy_tok = jnp.argmax(x, axis=-1).astype(jnp.int32)
+
+    temp = f[:, _F_TEMP]
     stochastic = temp > 0
-    x = x / jnp.where(stochastic, temp, 1.0)[:, None]
-    filters = stochastic & (
-        (p.ints[:, _I_TOP_K] > 0) | (p.floats[:, _F_TOP_P] < 1.0) | (p.floats[:, _F_MIN_P] > 0))
+    filters = stochastic & ((i[:, _I_TOP_K] > 0) | (f[:, _F_TOP_P] < 1.0) | (f[:, _F_MIN_P] > 0))
 
-    def masked(x):
-        t = jnp.where(filters, _filter_threshold(x, p), -jnp.inf)
-        return jnp.where(x >= t[:, None], x, -jnp.inf)
+    def draw(x):
+        x = x / jnp.where(stochastic, temp, 1.0)[:, None]
 
-    x = jax.lax.cond(jnp.any(filters), masked, lambda x: x, x)
-    gumbel = gumbel_noise(p, x.shape[-1])
-    tok = jnp.where(stochastic, jnp.argmax(x + gumbel, axis=-1), greedy_tok).astype(jnp.int32)
+        def masked(x):
+            t = jnp.where(filters, _filter_keys(x, p), jnp.uint32(0))
+            return jnp.where(_sortable(x) >= t[:, None], x, -jnp.inf)
 
-    chosen = jnp.take_along_axis(raw_lp, tok[:, None], axis=-1)[:, 0]
+        x = jax.lax.cond(jnp.any(filters), masked, lambda x: x, x)
+        drawn = jnp.argmax(x + gumbel_noise(p, x.shape[-1]), axis=-1).astype(jnp.int32)
+        return jnp.where(stochastic, drawn, greedy_tok)
+
+    tok = jax.lax.cond(jnp.any(stochastic), draw, lambda x: greedy_tok, x)
+    chosen = jnp.take_along_axis(raw, tok[:, None], axis=-1)[:, 0] - lse
     if num_top > 0:
-        top_lp, top_ids = jax.lax.top_k(raw_lp, num_top)
+        top, top_ids = jax.lax.top_k(raw, num_top)
+        top_lp = top - lse[:, None]
     else:
         top_lp = jnp.zeros((x.shape[0], 0), jnp.float32)
         top_ids = jnp.zeros((x.shape[0], 0), jnp.int32)

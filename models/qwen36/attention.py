@@ -9,8 +9,7 @@ Math::
     q = RMSNorm1p(q, q_norm);  k = RMSNorm1p(k_proj(x).reshape(B, T, Hkv, hd), k_norm);  v = v_proj(x)...
     q, k = partial interleaved mRoPE(q, k)     # first R dims, rotate-half
     cache.k[b, i], cache.v[b, i] = k, v        # i = lengths[b] + (index of the token among the row's valid
-    ones)
-    o = softmax(q·kᵀ/√hd, keys 0..i of the row) · v        # GQA: head h reads kv head h // (H/Hkv)
+    ones) o = softmax(q·kᵀ/√hd, keys 0..i of the row) · v        # GQA: head h reads kv head h // (H/Hkv)
     out = o_proj(o.reshape(B, T, H·hd) · sigmoid(gate))
 
 Checkpoint tensors (prefix ``…layers.{i}.self_attn.``): ``q_proj.weight [2·H·hd, D]``, ``k_proj.weight`` /

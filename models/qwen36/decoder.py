@@ -5,8 +5,7 @@ Shape letters: B batch, T new tokens, S cache length, D model width, V vocab, R 
 Per layer (reference §3.1)::
 
     h = x + mixer(RMSNorm1p(x, input_layernorm))        # mixer = GatedDeltaNet or gated attention by layer
-    kind
-    x = h + MLP(RMSNorm1p(h, post_attention_layernorm))
+    kind x = h + MLP(RMSNorm1p(h, post_attention_layernorm))
     hidden = RMSNorm1p(x, norm);  logits = hidden @ lm_headᵀ  (or embed_tokensᵀ when tied)
 
 nnx attribute paths mirror the HF checkpoint keys (``model.layers[3].self_attn.q_proj.kernel`` ⇔
@@ -19,10 +18,9 @@ Call contract (docs/architecture.md)::
     logits = model.logits(hidden_rows)      # [..., D] -> [..., V] float32
 
 Valid token number n (0-based, among the row's valid tokens) of row b goes to cache index ``lengths[b] + n``
-and
-attends to indices ``0 .. lengths[b] + n``; invalid tokens are never written and leave every state unchanged.
-Supported: ``valid`` a prefix of the row (right padding, any cache) or a suffix on an empty cache (left
-padding).
+and attends to indices ``0 .. lengths[b] + n``; invalid tokens are never written and leave every state
+unchanged. Supported: ``valid`` a prefix of the row (right padding, any cache) or a suffix on an empty cache
+(left padding).
 """
 
 from __future__ import annotations
@@ -45,8 +43,7 @@ Array = jax.Array
 
 class Qwen36DecoderLayer(nnx.Module):
     """Checkpoint tensors: ``input_layernorm.weight [D]``, ``post_attention_layernorm.weight [D]``, the
-    mixer's
-    (``linear_attn.*`` or ``self_attn.*``) and ``mlp.*``."""
+    mixer's (``linear_attn.*`` or ``self_attn.*``) and ``mlp.*``."""
 
     def __init__(
         self,
@@ -147,8 +144,7 @@ class Qwen36MTP(nnx.Module):
     """Multi-token-prediction head weights (reference §10), loaded and kept for speculative decoding, not run.
 
     ``mtp.fc.weight [D, 2D]``, ``mtp.pre_fc_norm_embedding.weight [D]``, ``mtp.pre_fc_norm_hidden.weight
-    [D]``,
-    ``mtp.norm.weight [D]``, ``mtp.layers.{n}.*`` (full-attention decoder layers).
+    [D]``, ``mtp.norm.weight [D]``, ``mtp.layers.{n}.*`` (full-attention decoder layers).
     """
 
     def __init__(
@@ -170,10 +166,11 @@ class Qwen36MTP(nnx.Module):
 class Qwen36ForCausalLM(nnx.Module):
     """Text model + LM head (+ MTP weights when the config declares ``mtp_num_hidden_layers``).
 
-    ``lm_head.weight [V, D]`` exists only when the top-level ``tie_word_embeddings`` is false; otherwise
-    logits
+    ``lm_head.weight [V, D]`` exists only when the top-level ``tie_word_embeddings`` is false; otherwise logits
     use ``embed_tokens`` (pitfall 24). ``dtype`` is the activation dtype, ``param_dtype`` the storage dtype
     (default: ``dtype``). ``gdn_chunk_size`` is the chunk length of the prefill delta rule (static).
+    ``with_mtp``: build the MTP weights (default: iff the config declares MTP layers); False for a checkpoint
+    whose ``mtp.*`` tensors were stripped (then load with ``ignore_prefixes=("mtp.",)`` if any remain).
     """
 
     def __init__(
@@ -185,6 +182,7 @@ class Qwen36ForCausalLM(nnx.Module):
         rngs: nnx.Rngs | None = None,
         rules: AxisRules | None = None,
         gdn_chunk_size: int = 64,
+        with_mtp: bool | None = None,
     ):
         param_dtype = dtype if param_dtype is None else param_dtype
         rngs = rngs if rngs is not None else nnx.Rngs(0)
@@ -208,7 +206,7 @@ class Qwen36ForCausalLM(nnx.Module):
                 rngs=rngs,
             )
         )
-        n_mtp = text.mtp_num_hidden_layers
+        n_mtp = text.mtp_num_hidden_layers if with_mtp is None or with_mtp else 0
         self.mtp = (
             Qwen36MTP(text, n_mtp, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if n_mtp > 0 else None
         )

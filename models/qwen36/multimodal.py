@@ -7,8 +7,7 @@ Flow for a prompt with images (reference §2, §5)::
     ids = expand_image_tokens(prompt_ids, images, cfg.image_token_id)     # 1 pad → t·h·w/4 pads per image
     positions, rope_delta = rope_index(ids, [im.grid_thw for im in images], cfg)   # [3, T], int
     pv, layout, n_tok = pack_images(images)                                # bucketed patches + layout
-    feats = vision_step(state, pv, layout)                                 # [N/4, D]; rows ≥ n_tok are
-    padding
+    feats = vision_step(state, pv, layout)                    # [N/4, D]; rows ≥ n_tok are padding
     embeds = splice_image_features(model.embed(ids[None]), feats, ids[None] == image_token_id)   # [1, T, D]
     hidden, cache = model(ids[None], positions[:, None], valid, cache, input_embeds=embeds)
 
@@ -43,9 +42,9 @@ Array = jax.Array
 
 
 # ---- host side: tokens and positions -----------------------------------------------------------------------
-def expand_image_tokens(prompt_ids: Sequence[int], images: Sequence[ImageInput], image_token_id: int) ->
-list[int]:
-    """Replace the k-th single ``<|image_pad|>`` by ``images[k].num_tokens`` copies (what the HF processor
+def expand_image_tokens(prompt_ids: Sequence[int], images: Sequence[ImageInput],
+                        image_token_id: int) -> list[int]:
+    """Replace the k-th single ``<|image_pad|>`` by ``images[k].num_tokens`` copies (as the HF processor
     does)."""
     n_pads = sum(1 for t in prompt_ids if t == image_token_id)
     if n_pads != len(images):
@@ -62,8 +61,7 @@ def rope_index(input_ids: Sequence[int] | np.ndarray, image_grids: Sequence[tupl
     """mRoPE positions ``[3, T]`` int32 and ``rope_delta`` for one row of (already expanded) tokens.
 
     Runs of equal type: a text run of n gets ``cur + i`` on all axes, ``cur += n``; an image run (one grid
-    each,
-    in order) gets ``(cur + t, cur + row, cur + col)`` over the merged ``(t, h/2, w/2)`` raster, then
+    each, in order) gets ``(cur + t, cur + row, cur + col)`` over the merged ``(t, h/2, w/2)`` raster, then
     ``cur += max(h/2, w/2)`` (pitfall 18). ``cur`` starts at ``past_len + past_delta`` (0 for a fresh prompt);
     ``rope_delta = max position + 1 − (past_len + T)``. Video is not supported (its tokens raise).
     """
@@ -167,8 +165,8 @@ def make_embed_step(graphdef: nnx.GraphDef):
 
 
 def prompt_embeds(vision_step, embed_step, state: nnx.State, prompt_ids: Sequence[int],
-                  images: Sequence[ImageInput], cfg: Qwen36Config) -> tuple[np.ndarray, Array, np.ndarray,
-                  int]:
+                  images: Sequence[ImageInput], cfg: Qwen36Config,
+                  ) -> tuple[np.ndarray, Array, np.ndarray, int]:
     """Everything a prefill needs for one multimodal prompt: (expanded ids ``[T]``, input_embeds ``[T, D]``,
     positions ``[3, T]``, rope_delta). Text-only prompts come back with plain positions and delta 0."""
     ids = np.asarray(expand_image_tokens(prompt_ids, images, cfg.image_token_id), np.int32)
@@ -185,7 +183,7 @@ def load_multimodal_model(ckpt_dir: str | Path, *, dtype: Any = jnp.float32, par
                           mesh: Any = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64,
                           ) -> tuple[nnx.GraphDef, nnx.State, Qwen36Config]:
     """``(graphdef, state, cfg)`` of :class:`Qwen36ForConditionalGeneration` from a VLM checkpoint
-    (strict)."""
+    (strict: every tensor mapped, none missing)."""
     cfg = Qwen36Config.from_dir(ckpt_dir)
     rules = rules or AxisRules()
     mesh = mesh if mesh is not None else make_mesh(1, 1)

@@ -1,29 +1,28 @@
 """Qwen3.6 vision tower (HF ``model.visual``): patches of any number of images → merged tokens at LM width.
 
-Math (reference §6, pitfalls 19–22), per patch n of an image/frame with patch grid (h, w), row r, col c:
+Math (reference §6, pitfalls 19–22), per patch of an image/frame with patch grid (h, w), at row r, col c:
 
-1. ``x = pixel_values @ Wp + bp`` — the Conv3d(kernel = stride = (2, 16, 16)) as a matmul, vector order (C, T, kh, kw).
-2. ``x += Σ_4 taps pos_embed[tap] · weight`` — the learned √num_pos × √num_pos table resampled bilinearly
+1. ``x = pixel_values @ Wp + bp``: the Conv3d(kernel = stride = (2, 16, 16)) as a matmul, vector order
+   (C, T, kh, kw); pixel_values are cast to the activation dtype first.
+2. ``x += Σ_4 taps pos_embed[tap] · weight``: the learned √num_pos × √num_pos table resampled bilinearly
    (align_corners=True) to (h, w): ``sr = r·(side−1)/max(h−1, 1)``; weights and sum in fp32, then cast.
 3. ``depth`` pre-LN blocks: ``x += proj(attn(LN1(x)))``, ``x += fc2(gelu_tanh(fc1(LN2(x))))``. Attention is
    bidirectional *within one image/frame only*; q, k get a 2-D rotary (fp32): ``ang = concat(r·inv, c·inv)``,
-   ``inv = θ^(−2i/(hd/2))``, cos/sin = concat(ang, ang) over the full head dim, rotate-half.
-4. Merger: LN per patch, group 4 consecutive patches (one 2×2 block) → fc1 → exact GELU → fc2 (width ``out``).
+   ``inv = θ^(−2i/(K/2))``, cos/sin = concat(ang, ang) over the full head dim, rotate-half.
+4. Merger: LN per patch, group 4 consecutive patches (one 2×2 block) → fc1 → exact GELU → fc2 (width O).
 
-Bucketing (why the layout arrays exist): images are *packed* — the patches of all images concatenated and
+Bucketing (why the layout arrays exist): images are *packed*, the patches of all images concatenated and
 zero-padded to a bucket size N (:func:`patch_bucket`). Instead of static grids, each patch carries its
-:class:`PatchLayout` entry (segment id, row, col and its frame's grid h, w) as int32 arrays, so the position-table
-resampling, the rotary angles and the block-diagonal attention mask are all computed on device from data. A
-jitted
-forward therefore compiles once per bucket N, not once per image size. Padding patches have segment −1: they
-attend
-only among themselves and their merged rows (at the end) are ignored by the caller.
+:class:`PatchLayout` entry (segment id, row, col, its frame's grid h, w; plus per-segment offsets/lengths) as
+int32 arrays, so the position-table resampling, the rotary angles and the block-diagonal attention are all
+computed on device from data. A jitted forward compiles once per bucket N (and per power-of-two count of
+segments above 4), not once per image size. Padding patches have segment −1; their merged rows (at the end)
+are dropped by the caller. The attention kernels live in ``vision_attention.py``.
 
-Parameters (nnx paths mirror HF keys under ``model.visual.``; Linear kernels are ``[in, out]`` named
-``kernel``,
-biases ``bias``; LayerNorms ``scale``/``bias``; the position table is ``pos_embed.embedding``; Conv3d
-``[hid, 3, 2, 16, 16]`` → ``patch_embed.proj.kernel [1536, hid]``). :data:`VISION_WEIGHT_MAP` is that table.
-All vision parameters are replicated (logical axes None): the tower is ~0.4 B params at 27B scale.
+Parameters: nnx paths mirror the HF keys under ``model.visual.``; Linear kernels are ``[in, out]`` named
+``kernel``, biases ``bias``; LayerNorms ``scale``/``bias``; the position table is ``pos_embed.embedding``;
+Conv3d ``[D, 3, 2, 16, 16]`` → ``patch_embed.proj.kernel [1536, D]``. :data:`VISION_WEIGHT_MAP` is that table.
+All vision parameters are replicated (logical axes None): the tower is 0.46 B params at 27B scale.
 
 Shape letters: N patches (padded), P patch vector (C·T·p·p), D vision width, H heads, K head dim, F = K/4
 rotary frequencies per axis, Q = N/4 merged tokens, O out width (= text hidden size).
@@ -105,8 +104,7 @@ class Dense(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    """Standard LayerNorm with bias; statistics and affine in fp32, then cast (torch's bf16 LayerNorm does
-    this)."""
+    """LayerNorm with bias; statistics and affine in fp32, then cast (as torch's bf16 LayerNorm does)."""
 
     def __init__(self, d: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
         self.scale = sharding.param(rngs, nnx.initializers.ones, (d,), (None,), param_dtype)
@@ -178,8 +176,8 @@ class PatchEmbed(nnx.Module):
 
 class PosEmbed(nnx.Module):
     def __init__(self, n: int, d: int, *, param_dtype, rngs: nnx.Rngs):
-        self.embedding = sharding.param(rngs, nnx.initializers.normal(0.02), (n, d), (None, None),
-        param_dtype)
+        init = nnx.initializers.normal(0.02)
+        self.embedding = sharding.param(rngs, init, (n, d), (None, None), param_dtype)
 
     def __call__(self, layout: PatchLayout) -> Array:
         """Bilinear align_corners=True resampling of the square table at each patch: ``[N, D]`` fp32."""
@@ -231,8 +229,8 @@ class Qwen36VisionModel(nnx.Module):
         """cos, sin ``[N, K]`` fp32 from each patch's (row, col)."""
         half = self.cfg.head_dim // 2
         inv = 1.0 / (jnp.float32(self.cfg.rope_theta) ** (jnp.arange(0, half, 2, dtype=_F32) / half))  # [F]
-        ang = jnp.concatenate([layout.row.astype(_F32)[:, None] * inv, layout.col.astype(_F32)[:, None] *
-        inv], -1)
+        r, c = layout.row.astype(_F32)[:, None], layout.col.astype(_F32)[:, None]
+        ang = jnp.concatenate([r * inv, c * inv], -1)  # [N, 2F]: rows drive the first half, cols the second
         ang = jnp.concatenate([ang, ang], -1)
         return jnp.cos(ang), jnp.sin(ang)
 
@@ -243,9 +241,8 @@ class Qwen36VisionModel(nnx.Module):
             x = x + self.pos_embed(layout).astype(x.dtype)
         cos, sin = self.rotary(layout)
         if self.scan_blocks and len(self.blocks) > 1:
-            # One traced block body instead of `depth` copies: ~depth× less to compile per bucket. Stacking
-            # the
-            # per-block weights costs one copy of the tower's weights per call (≈0.8 GB bf16 at 27B scale).
+            # One traced block body instead of `depth` copies: ~2× faster compile per bucket. Stacking the
+            # per-block weights costs one copy of the tower's weights per call (≈0.9 GB bf16 at 27B: ~2 ms).
             graphdef = nnx.graphdef(self.blocks[0])
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.state(b) for b in self.blocks])
             body = lambda h, st: (nnx.merge(graphdef, st)(h, cos, sin, layout), None)  # noqa: E731
@@ -288,7 +285,6 @@ VISION_WEIGHT_MAP: tuple[tuple[str, str, Transform], ...] = (
 
 
 def vision_rules(dst_prefix: str = "visual.") -> tuple[Rule, ...]:
-    """Loader rules for ``model.visual.*`` → ``{dst_prefix}*`` (``""`` for a standalone vision model); pass
-    them
-    as ``qwen36_weight_map(..., vision_rules=vision_rules())``."""
+    """Loader rules for ``model.visual.*`` → ``{dst_prefix}*`` (``""`` for a standalone vision model);
+    pass them as ``qwen36_weight_map(..., vision_rules=vision_rules())``."""
     return tuple(Rule(r"model\.visual\." + pat, dst_prefix + tmpl, tf) for pat, tmpl, tf in VISION_WEIGHT_MAP)

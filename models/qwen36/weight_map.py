@@ -3,17 +3,13 @@
 Handles both layouts:
 
 * VLM (``Qwen3_5ForConditionalGeneration``, what Qwen3.6 ships): ``model.language_model.*``,
-  ``lm_head.weight``,
-  ``mtp.*``, ``model.visual.*``;
+  ``lm_head.weight``, ``mtp.*``, ``model.visual.*``;
 * text-only (``Qwen3_5ForCausalLM``): ``model.*``, ``lm_head.weight``.
 
 Both map onto ``Qwen36ForCausalLM``'s paths ``model.*``, ``lm_head.kernel``, ``mtp.*`` (and ``visual.*`` when
-the
-model carries a vision tower, through rules the vision module provides). The table is nearly the identity
-because
-the module attribute names mirror HF's; the only transforms are Linear ``[out, in] → kernel [in, out]`` and
-the
-depthwise conv ``[C, 1, K] → [K, C]``.
+the model carries a vision tower, through rules the vision module provides). The table is nearly the identity
+because the module attribute names mirror HF's; the only transforms are Linear ``[out, in] → kernel [in,
+out]`` and the depthwise conv ``[C, 1, K] → [K, C]``.
 """
 
 from __future__ import annotations
@@ -61,10 +57,9 @@ def qwen36_weight_map(*, tied: bool, vision_rules: Sequence[Rule] | None = None)
     """The rule table for ``Qwen36ForCausalLM``.
 
     ``tied``: the model has no ``lm_head`` (a checkpoint that still ships ``lm_head.weight`` has it skipped
-    and
-    logged). ``vision_rules``: rules for ``model.visual.*`` when the model carries a vision tower; ``None``
-    makes
-    every ``model.visual.*`` key an error that says so (unless the loader is told to ignore the prefix).
+    and logged). ``vision_rules``: rules for ``model.visual.*`` when the model carries a vision tower;
+    ``None`` makes every ``model.visual.*`` key an error that says so (unless the loader is told to ignore
+    the prefix).
     """
     rules = [
         Rule(rf"{_TEXT}embed_tokens\.weight", "model.embed_tokens.embedding"),

@@ -1,9 +1,9 @@
 """A tiny fake causal LM and tokenizer with the engine's model/tokenizer surfaces, so scheduling, sampling,
 stop rules and streaming are tested in seconds with few compiles.
 
-The fake LM is a tanh RNN whose state lives in a per-row cache (like the GDN recurrent state), honours the
-``valid`` mask (invalid tokens leave the state untouched) and advances ``lengths``: every output depends on the
-whole history, so a slot that is not reset, or a row written by another request, changes the tokens.
+The fake LM is a tanh RNN whose state lives in a per-row cache (like the GDN recurrent state), honours
+the ``valid`` mask (invalid tokens leave the state untouched) and advances ``lengths``: every output depends
+on the whole history, so a slot that is not reset, or a row written by another request, changes the tokens.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The engine over the fake LM: continuous batching equals running alone, chunked prefill interleaving, sampling
-settings, seeds, stop rules, finish reasons, cancellation, queue bounds, no leaks, shutdown."""
+"""The engine over the fake LM: continuous batching equals running alone, chunked prefill interleaving,
+sampling settings, seeds, stop rules, finish reasons, cancellation, queue bounds, no leaks, shutdown."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 def make_engine(max_queue=32, **cfg) -> Engine:
     # Every engine here has the same pool shape (4 slots × 128 tokens) so they share one compilation cache.
-    return Engine(fake_runner(slots=4, max_context=128), FakeTokenizer(), EngineConfig(max_queue=max_queue, **cfg),
-                  detokenizer=lambda prompt: FakeDetokenizer())
+    return Engine(fake_runner(slots=4, max_context=128), FakeTokenizer(),
+                  EngineConfig(max_queue=max_queue, **cfg), detokenizer=lambda prompt: FakeDetokenizer())
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +274,8 @@ def test_shutdown_drain_and_abort():
     assert [d[-1].finish_reason for d in asyncio.run(drain())] == ["length"] * 6
 
     eng = make_engine()
-    streams = [eng.generate_sync(GenerationRequest(prompt(i, 3), p.replace(max_tokens=100))) for i in range(6)]
+    p = p.replace(max_tokens=100)
+    streams = [eng.generate_sync(GenerationRequest(prompt(i, 3), p)) for i in range(6)]
     eng.close(drain=False)
     assert [list(s)[-1].finish_reason for s in streams] == ["abort"] * 6
 

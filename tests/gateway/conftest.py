@@ -46,6 +46,7 @@ def wait_until(pred: Callable[[], Any], timeout: float = 15.0, interval: float =
 
 def toml_dumps(data: dict[str, Any]) -> str:
     """A tiny TOML writer for test configs (scalars, arrays, tables, arrays of tables)."""
+
     def val(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -57,8 +58,11 @@ def toml_dumps(data: dict[str, Any]) -> str:
             return "[" + ", ".join(val(x) for x in v) + "]"
         raise TypeError(type(v))
 
-    lines = [f"{k} = {val(v)}" for k, v in data.items() if not isinstance(v, (dict, list)) or
-             (isinstance(v, list) and not (v and isinstance(v[0], dict)))]
+    lines = [
+        f"{k} = {val(v)}"
+        for k, v in data.items()
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not (v and isinstance(v[0], dict)))
+    ]
     for k, v in data.items():
         if isinstance(v, dict):
             lines.append(f"\n[{k}]")
@@ -117,8 +121,18 @@ class FakeNeuron(Proc):
     def __init__(self, tmp: Path, spec: dict[str, Any]):
         self.spec, self.port = spec, free_port()
         self.name = spec["name"]
-        super().__init__([sys.executable, "-m", "tests.gateway.fake_neuron", "--port", str(self.port),
-                          "--spec", json.dumps(spec)], tmp / f"neuron-{self.name}.log")
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "tests.gateway.fake_neuron",
+                "--port",
+                str(self.port),
+                "--spec",
+                json.dumps(spec),
+            ],
+            tmp / f"neuron-{self.name}.log",
+        )
 
     @property
     def url(self) -> str:
@@ -131,8 +145,11 @@ class FakeNeuron(Proc):
         return self
 
     def wait(self) -> FakeNeuron:
-        wait_until(lambda: HTTP.get(self.url + "/health", timeout=1).status_code == 200, 30,
-                   what=f"fake neuron {self.name}")
+        wait_until(
+            lambda: HTTP.get(self.url + "/health", timeout=1).status_code == 200,
+            30,
+            what=f"fake neuron {self.name}",
+        )
         return self
 
     def ctl(self, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -150,15 +167,27 @@ class FakeNeuron(Proc):
 class Gateway(Proc):
     """`python -m gateway serve --config cortex.toml` with generated config files."""
 
-    def __init__(self, tmp: Path, neurons: list[tuple[str, str]], models: list[dict[str, Any]] | None = None,
-                 gateway: dict[str, Any] | None = None, eviction: dict[str, Any] | None = None,
-                 timeouts: dict[str, Any] | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        neurons: list[tuple[str, str]],
+        models: list[dict[str, Any]] | None = None,
+        gateway: dict[str, Any] | None = None,
+        eviction: dict[str, Any] | None = None,
+        timeouts: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.port, self.metrics_port = free_port(), free_port()
         tmp = tmp / f"gateway-{self.port}"
         tmp.mkdir()
         cfg: dict[str, Any] = {
-            "gateway": {"listen": f"127.0.0.1:{self.port}", "metrics_listen": f"127.0.0.1:{self.metrics_port}",
-                        "poll_interval": 0.2, "failure_threshold": 2, "load_wait_seconds": 20}
+            "gateway": {
+                "listen": f"127.0.0.1:{self.port}",
+                "metrics_listen": f"127.0.0.1:{self.metrics_port}",
+                "poll_interval": 0.2,
+                "failure_threshold": 2,
+                "load_wait_seconds": 20,
+            }
             | (gateway or {}),
             "eviction": {"strategy": "lru"} | (eviction or {}),
             "timeouts": {"connect": 2, "read": 30, "health": 1} | (timeouts or {}),
@@ -169,8 +198,9 @@ class Gateway(Proc):
             cfg = {"models_config": "models.toml"} | cfg
         self.config = tmp / "cortex.toml"
         self.config.write_text(toml_dumps(cfg))
-        super().__init__([sys.executable, "-m", "gateway", "serve", "--config", str(self.config)],
-                         tmp / "gateway.log", env)
+        super().__init__(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(self.config)], tmp / "gateway.log", env
+        )
 
     @property
     def url(self) -> str:

@@ -7,9 +7,9 @@ Run it as a real process: `python -m tests.gateway.fake_neuron --port P --spec '
  "models": [{"id": "m1", "memory_needed_bytes": 400, "loaded": true}]}
 ```
 Replies say which node served them in `system_fingerprint`. Test-only routes: `POST /_fake/faults`
-(`{"chat": "none"|"500"|"hang"|"429"|"empty", "health": "ok"|"500"|"hang"}`), `POST /_fake/set` (runtime knobs:
-tokens, token_delay, load_seconds), `GET /_fake/stats` (loads, unloads, compacts, requests, cancelled streams) and
-`POST /_fake/reset` (back to the spec, stats cleared).
+(`{"chat": "none"|"500"|"hang"|"429"|"empty", "health": "ok"|"500"|"hang"}`), `POST /_fake/set` (runtime
+knobs: tokens, token_delay, load_seconds), `GET /_fake/stats` (loads, unloads, compacts, requests, cancelled
+streams) and `POST /_fake/reset` (back to the spec, stats cleared).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from quart import Quart, Response, jsonify, request
 
 
 def _err(status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-    resp = jsonify({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}})
+    resp = jsonify(
+        {"error": {"message": message, "type": "invalid_request_error", "code": code, "param": None}}
+    )
     resp.status_code = status
     resp.headers.update(headers or {})
     return resp
@@ -43,15 +45,31 @@ class FakeState:
         s = copy.deepcopy(self.spec)
         self.name = s.get("name", "fake")
         self.budget = int(s.get("budget_bytes", 1 << 40))
-        self.knobs = {"tokens": s.get("tokens", 4), "token_delay": s.get("token_delay", 0.0),
-                      "load_seconds": s.get("load_seconds", 0.05)}
-        self.models = {m["id"]: {"need": int(m.get("memory_needed_bytes", 0)), "load_seconds": m.get("load_seconds"),
-                                 "state": "loaded" if m.get("loaded") else "available",
-                                 "in_flight": 0, "last_used": None} for m in s.get("models", [])}
+        self.knobs = {
+            "tokens": s.get("tokens", 4),
+            "token_delay": s.get("token_delay", 0.0),
+            "load_seconds": s.get("load_seconds", 0.05),
+        }
+        self.models = {
+            m["id"]: {
+                "need": int(m.get("memory_needed_bytes", 0)),
+                "load_seconds": m.get("load_seconds"),
+                "state": "loaded" if m.get("loaded") else "available",
+                "in_flight": 0,
+                "last_used": None,
+            }
+            for m in s.get("models", [])
+        }
         self.loading: dict[str, asyncio.Event] = {}
         self.faults = {"chat": "none", "health": "ok"}
-        self.stats: dict[str, Any] = {"loads": {}, "unloads": {}, "compacts": 0, "requests": [],
-                                      "cancelled": 0, "completed": 0}
+        self.stats: dict[str, Any] = {
+            "loads": {},
+            "unloads": {},
+            "compacts": 0,
+            "requests": [],
+            "cancelled": 0,
+            "completed": 0,
+        }
 
     @property
     def used(self) -> int:
@@ -59,22 +77,51 @@ class FakeState:
 
     def health(self) -> dict[str, Any]:
         return {
-            "status": "ok", "node": self.name,
-            "in_flight": sum(m["in_flight"] for m in self.models.values()), "queue_depth": 0,
-            "models": {k: {"state": m["state"], "in_flight": m["in_flight"], "queue_depth": 0}
-                       for k, m in self.models.items()},
-            "devices": [{"id": 0, "platform": "cpu", "kind": "fake", "memory_total_bytes": self.budget,
-                         "memory_free_bytes": self.budget - self.used}],
-            "memory": {"budget_bytes": self.budget, "used_bytes": self.used, "free_bytes": self.budget - self.used},
+            "status": "ok",
+            "node": self.name,
+            "in_flight": sum(m["in_flight"] for m in self.models.values()),
+            "queue_depth": 0,
+            "models": {
+                k: {"state": m["state"], "in_flight": m["in_flight"], "queue_depth": 0}
+                for k, m in self.models.items()
+            },
+            "devices": [
+                {
+                    "id": 0,
+                    "platform": "cpu",
+                    "kind": "fake",
+                    "memory_total_bytes": self.budget,
+                    "memory_free_bytes": self.budget - self.used,
+                }
+            ],
+            "memory": {
+                "budget_bytes": self.budget,
+                "used_bytes": self.used,
+                "free_bytes": self.budget - self.used,
+            },
         }
 
     def model_list(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": k, "state": m["state"], "reason": None, "progress": 1.0 if m["state"] == "loaded" else None,
-            "capabilities": {"vision": False, "tools": True, "reasoning": True}, "context_length": 4096,
-            "memory_needed_bytes": m["need"], "memory_used_bytes": m["need"] if m["state"] == "loaded" else 0,
-            "tensor_parallel": 1, "in_flight": m["in_flight"], "queue_depth": 0, "last_used": m["last_used"],
-        } for k, m in self.models.items()]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": k,
+                    "state": m["state"],
+                    "reason": None,
+                    "progress": 1.0 if m["state"] == "loaded" else None,
+                    "capabilities": {"vision": False, "tools": True, "reasoning": True},
+                    "context_length": 4096,
+                    "memory_needed_bytes": m["need"],
+                    "memory_used_bytes": m["need"] if m["state"] == "loaded" else 0,
+                    "tensor_parallel": 1,
+                    "in_flight": m["in_flight"],
+                    "queue_depth": 0,
+                    "last_used": m["last_used"],
+                }
+                for k, m in self.models.items()
+            ],
+        }
 
 
 def create_app(spec: dict[str, Any]) -> Quart:
@@ -108,8 +155,9 @@ def create_app(spec: dict[str, Any]) -> Quart:
             return jsonify({"model": model, "state": "loaded", "load_seconds": 0.0})
         if m["state"] != "loading":
             if m["need"] > st.budget - st.used:
-                return _err(507, f"{model} needs {m['need']} bytes, {st.budget - st.used} free",
-                            "insufficient_memory")
+                return _err(
+                    507, f"{model} needs {m['need']} bytes, {st.budget - st.used} free", "insufficient_memory"
+                )
             st.stats["loads"][model] = st.stats["loads"].get(model, 0) + 1
             m["state"] = "loading"
             st.loading[model] = asyncio.Event()
@@ -166,8 +214,14 @@ def create_app(spec: dict[str, Any]) -> Quart:
         body = await request.get_json()
         model = body.get("model")
         stream = bool(body.get("stream"))
-        st.stats["requests"].append({"path": request.path, "model": model, "stream": stream,
-                                     "include_usage": (body.get("stream_options") or {}).get("include_usage")})
+        st.stats["requests"].append(
+            {
+                "path": request.path,
+                "model": model,
+                "stream": stream,
+                "include_usage": (body.get("stream_options") or {}).get("include_usage"),
+            }
+        )
         fault = st.faults["chat"]
         if fault == "hang":
             await asyncio.sleep(3600)
@@ -183,11 +237,19 @@ def create_app(spec: dict[str, Any]) -> Quart:
         if body.get("max_tokens") == -1:
             return _err(400, "max_tokens must be positive", "invalid_value")
         n, delay = int(body.get("max_tokens") or st.knobs["tokens"]), st.knobs["token_delay"]
-        usage = {"prompt_tokens": len(_text(body).split()), "completion_tokens": n,
-                 "total_tokens": len(_text(body).split()) + n}
+        usage = {
+            "prompt_tokens": len(_text(body).split()),
+            "completion_tokens": n,
+            "total_tokens": len(_text(body).split()) + n,
+        }
         rid = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:12]}"
-        base = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                "created": int(time.time()), "model": model, "system_fingerprint": st.name}
+        base = {
+            "id": rid,
+            "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": st.name,
+        }
         m["in_flight"] += 1
         m["last_used"] = time.time()
         if not stream:
@@ -196,8 +258,11 @@ def create_app(spec: dict[str, Any]) -> Quart:
             finally:
                 m["in_flight"] -= 1
             text = "".join(f"tok{i} " for i in range(n))
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                      if kind == "chat" else {"index": 0, "text": text, "finish_reason": "stop"})
+            choice = (
+                {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                if kind == "chat"
+                else {"index": 0, "text": text, "finish_reason": "stop"}
+            )
             st.stats["completed"] += 1
             obj = "chat.completion" if kind == "chat" else "text_completion"
             return jsonify(base | {"object": obj, "choices": [choice], "usage": usage})
@@ -211,12 +276,21 @@ def create_app(spec: dict[str, Any]) -> Quart:
                     if delay:
                         await asyncio.sleep(delay)
                     piece = f"tok{i} "
-                    choice = ({"index": 0, "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": piece},
-                               "finish_reason": None} if kind == "chat" else
-                              {"index": 0, "text": piece, "finish_reason": None})
+                    choice = (
+                        {
+                            "index": 0,
+                            "delta": ({"role": "assistant"} if i == 0 else {}) | {"content": piece},
+                            "finish_reason": None,
+                        }
+                        if kind == "chat"
+                        else {"index": 0, "text": piece, "finish_reason": None}
+                    )
                     yield f"data: {json.dumps(base | {'choices': [choice]})}\n\n".encode()
-                last = ({"index": 0, "delta": {}, "finish_reason": "stop"} if kind == "chat" else
-                        {"index": 0, "text": "", "finish_reason": "stop"})
+                last = (
+                    {"index": 0, "delta": {}, "finish_reason": "stop"}
+                    if kind == "chat"
+                    else {"index": 0, "text": "", "finish_reason": "stop"}
+                )
                 yield f"data: {json.dumps(base | {'choices': [last]})}\n\n".encode()
                 if want_usage:
                     yield f"data: {json.dumps(base | {'choices': [], 'usage': usage})}\n\n".encode()
@@ -261,8 +335,9 @@ def _text(body: dict[str, Any]) -> str:
     parts = []
     for msg in body.get("messages") or []:
         c = msg.get("content")
-        parts.append(c if isinstance(c, str) else " ".join(
-            x.get("text", "") for x in c or [] if isinstance(x, dict)))
+        parts.append(
+            c if isinstance(c, str) else " ".join(x.get("text", "") for x in c or [] if isinstance(x, dict))
+        )
     return " ".join(parts)
 
 

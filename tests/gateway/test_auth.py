@@ -11,8 +11,12 @@ from tests.gateway.conftest import HTTP, chat_body, start_all
 @pytest.fixture(scope="module")
 def gw(module_spawn):
     fake = module_spawn("neuron", {"name": "a", "models": [{"id": "m", "loaded": True}]})
-    gw = module_spawn("gateway", [("a", fake.url)], gateway={"max_request_bytes": 4096},
-                      env={"CORTEX_API_KEYS": "key-one,key-two"})
+    gw = module_spawn(
+        "gateway",
+        [("a", fake.url)],
+        gateway={"max_request_bytes": 4096},
+        env={"CORTEX_API_KEYS": "key-one,key-two"},
+    )
     start_all(fake, gw)
     return gw.wait(up=1)
 
@@ -42,8 +46,10 @@ def test_admin_routes_need_a_key_health_and_metrics_do_not(gw):
 
 
 def test_dialect_routes_are_protected_too(gw):
-    r = HTTP.post(gw.url + "/v1/messages", json={"model": "m", "max_tokens": 5,
-                                                 "messages": [{"role": "user", "content": "x"}]})
+    r = HTTP.post(
+        gw.url + "/v1/messages",
+        json={"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]},
+    )
     assert r.status_code == 401
 
 

@@ -14,12 +14,24 @@ from tests.gateway.conftest import REPO, start_all
 
 @pytest.fixture(scope="module")
 def gw(module_spawn):
-    a = module_spawn("neuron", {"name": "a", "budget_bytes": 100 << 30,
-                                "models": [{"id": "m1", "memory_needed_bytes": 1 << 30, "loaded": True},
-                                           {"id": "m2", "memory_needed_bytes": 2 << 30}]})
+    a = module_spawn(
+        "neuron",
+        {
+            "name": "a",
+            "budget_bytes": 100 << 30,
+            "models": [
+                {"id": "m1", "memory_needed_bytes": 1 << 30, "loaded": True},
+                {"id": "m2", "memory_needed_bytes": 2 << 30},
+            ],
+        },
+    )
     b = module_spawn("neuron", {"name": "b", "models": [{"id": "m2", "memory_needed_bytes": 2 << 30}]})
-    gw = module_spawn("gateway", [("a", a.url), ("b", b.url)], models=[{"id": "m2", "aliases": ["two"]}],
-                      gateway={"api_keys": ["secret"]})
+    gw = module_spawn(
+        "gateway",
+        [("a", a.url), ("b", b.url)],
+        models=[{"id": "m2", "aliases": ["two"]}],
+        gateway={"api_keys": ["secret"]},
+    )
     start_all(a, b, gw)
     return gw.wait(up=2)
 
@@ -30,8 +42,14 @@ def run_cortex(gw, *args: str, key: str | None = "secret") -> subprocess.Complet
     env.pop("CORTEX_API_KEY", None)
     if key:
         env["CORTEX_API_KEY"] = key
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture

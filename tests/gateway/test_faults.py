@@ -1,4 +1,4 @@
-"""Faults: 500s, hangs, dead health checks, a node killed mid-stream, a node down at start, client disconnects.
+"""Faults: 500s, hangs, dead health polls, a node killed mid-stream, a node down at start, client disconnects.
 
 Fleet: a (m, ma loaded), b (m, mb loaded), and "late", configured but not started until its test.
 """
@@ -17,11 +17,16 @@ from tests.gateway.test_proxy import metrics, total
 
 @pytest.fixture(scope="module")
 def fleet(module_spawn):
-    a = module_spawn("neuron", {"name": "a", "models": [{"id": "m", "loaded": True}, {"id": "ma", "loaded": True}]})
-    b = module_spawn("neuron", {"name": "b", "models": [{"id": "m", "loaded": True}, {"id": "mb", "loaded": True}]})
+    a = module_spawn(
+        "neuron", {"name": "a", "models": [{"id": "m", "loaded": True}, {"id": "ma", "loaded": True}]}
+    )
+    b = module_spawn(
+        "neuron", {"name": "b", "models": [{"id": "m", "loaded": True}, {"id": "mb", "loaded": True}]}
+    )
     late = module_spawn("neuron", {"name": "late", "models": [{"id": "ml", "loaded": True}]})
-    gw = module_spawn("gateway", [("a", a.url), ("b", b.url), ("late", late.url)],
-                      timeouts={"read": 1.5, "health": 0.5})
+    gw = module_spawn(
+        "gateway", [("a", a.url), ("b", b.url), ("late", late.url)], timeouts={"read": 1.5, "health": 0.5}
+    )
     start_all(a, b, gw)
     gw.wait(up=2)
     return gw, a, b, late
@@ -103,7 +108,9 @@ def test_node_killed_mid_stream_gives_error_event_then_comes_back(fakes):
     a.ctl("set", {"token_delay": 0.1, "tokens": 200})
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=20)
     started = time.monotonic()
-    stream = client.chat.completions.create(model="ma", messages=[{"role": "user", "content": "x"}], stream=True)
+    stream = client.chat.completions.create(
+        model="ma", messages=[{"role": "user", "content": "x"}], stream=True
+    )
     got = []
     with pytest.raises(openai.APIError) as info:
         for chunk in stream:

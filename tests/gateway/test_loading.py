@@ -1,6 +1,7 @@
 """Cold loads and LRU eviction with small memory budgets, one fake neuron per scenario behind one gateway.
 
-Model ids are unique per scenario and the profiles pin each to its own node, so the scenarios don't interact.
+Model ids are unique per scenario and the profiles pin each to its own node, so the scenarios don't
+interact.
 """
 
 from __future__ import annotations
@@ -22,31 +23,73 @@ def node(name: str, budget: int, models: list[dict], **kw) -> dict:
 
 
 SPECS = [
-    node("cold", 1000, [{"id": "c1", "memory_needed_bytes": 10, "load_seconds": 1.0},
-                        {"id": "s1", "memory_needed_bytes": 10, "load_seconds": 4.0}]),
-    node("lru", 100, [{"id": "l1", "memory_needed_bytes": 40, "loaded": True},
-                      {"id": "l2", "memory_needed_bytes": 40, "loaded": True},
-                      {"id": "l3", "memory_needed_bytes": 40}]),
-    node("pin", 100, [{"id": "q1", "memory_needed_bytes": 50, "loaded": True},
-                      {"id": "q2", "memory_needed_bytes": 50, "loaded": True},
-                      {"id": "q3", "memory_needed_bytes": 50}]),
-    node("busy", 100, [{"id": "b1", "memory_needed_bytes": 60, "loaded": True},
-                       {"id": "b2", "memory_needed_bytes": 60}], token_delay=0.1, tokens=20),
-    node("defrag", 100, [{"id": "d1", "memory_needed_bytes": 60, "loaded": True},
-                         {"id": "d2", "memory_needed_bytes": 60}, {"id": "d3", "memory_needed_bytes": 60}]),
-    node("fit", 100, [{"id": "f0", "memory_needed_bytes": 60, "loaded": True},
-                      {"id": "f1", "memory_needed_bytes": 60}]),
+    node(
+        "cold",
+        1000,
+        [
+            {"id": "c1", "memory_needed_bytes": 10, "load_seconds": 1.0},
+            {"id": "s1", "memory_needed_bytes": 10, "load_seconds": 4.0},
+        ],
+    ),
+    node(
+        "lru",
+        100,
+        [
+            {"id": "l1", "memory_needed_bytes": 40, "loaded": True},
+            {"id": "l2", "memory_needed_bytes": 40, "loaded": True},
+            {"id": "l3", "memory_needed_bytes": 40},
+        ],
+    ),
+    node(
+        "pin",
+        100,
+        [
+            {"id": "q1", "memory_needed_bytes": 50, "loaded": True},
+            {"id": "q2", "memory_needed_bytes": 50, "loaded": True},
+            {"id": "q3", "memory_needed_bytes": 50},
+        ],
+    ),
+    node(
+        "busy",
+        100,
+        [{"id": "b1", "memory_needed_bytes": 60, "loaded": True}, {"id": "b2", "memory_needed_bytes": 60}],
+        token_delay=0.1,
+        tokens=20,
+    ),
+    node(
+        "defrag",
+        100,
+        [
+            {"id": "d1", "memory_needed_bytes": 60, "loaded": True},
+            {"id": "d2", "memory_needed_bytes": 60},
+            {"id": "d3", "memory_needed_bytes": 60},
+        ],
+    ),
+    node(
+        "fit",
+        100,
+        [{"id": "f0", "memory_needed_bytes": 60, "loaded": True}, {"id": "f1", "memory_needed_bytes": 60}],
+    ),
 ]
 
 
 @pytest.fixture(scope="module")
 def fleet(module_spawn):
     fakes = {s["name"]: module_spawn("neuron", s) for s in SPECS}
-    profiles = [{"id": m["id"], "neurons": [s["name"]]} | ({"pinned": True} if m["id"] == "q1" else {})
-                | ({"memory_gb": 1e-9} if m["id"] == "f1" else {})  # wrong on purpose: the neuron says 507
-                for s in SPECS for m in s["models"]]
-    gw = module_spawn("gateway", [(n, f.url) for n, f in fakes.items()], models=profiles,
-                      gateway={"load_wait_seconds": 2.5}, eviction={"strategy": "lru", "defrag_after_cycles": 2})
+    profiles = [
+        {"id": m["id"], "neurons": [s["name"]]}
+        | ({"pinned": True} if m["id"] == "q1" else {})
+        | ({"memory_gb": 1e-9} if m["id"] == "f1" else {})  # wrong on purpose: the neuron says 507
+        for s in SPECS
+        for m in s["models"]
+    ]
+    gw = module_spawn(
+        "gateway",
+        [(n, f.url) for n, f in fakes.items()],
+        models=profiles,
+        gateway={"load_wait_seconds": 2.5},
+        eviction={"strategy": "lru", "defrag_after_cycles": 2},
+    )
     start_all(*fakes.values(), gw)
     gw.wait(up=len(fakes))
     return gw, fakes
@@ -61,10 +104,18 @@ def test_cold_load_on_demand_once_for_concurrent_requests(fleet):
     before = metrics(gw)
     started = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
-        stream = [pool.submit(lambda: list(openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
-                                           .chat.completions.create(model="c1", stream=True,
-                                                                    messages=[{"role": "user", "content": "x"}])))
-                  for _ in range(2)]
+        stream = [
+            pool.submit(
+                lambda: list(
+                    openai.OpenAI(
+                        base_url=gw.url + "/v1", api_key="x", max_retries=0
+                    ).chat.completions.create(
+                        model="c1", stream=True, messages=[{"role": "user", "content": "x"}]
+                    )
+                )
+            )
+            for _ in range(2)
+        ]
         plain = [pool.submit(chat, gw, "c1") for _ in range(6)]
         codes = [f.result().status_code for f in plain]
         chunks = [f.result() for f in stream]
@@ -75,8 +126,9 @@ def test_cold_load_on_demand_once_for_concurrent_requests(fleet):
     assert total(after, "cortex_cold_loads_total", model="c1", node="cold") == 1
     assert total(after, "cortex_cold_load_seconds_sum", model="c1") >= 1.0
     # TTFT includes the cold load
-    ttft = (total(after, "cortex_time_to_first_token_seconds_sum", model="c1")
-            - total(before, "cortex_time_to_first_token_seconds_sum", model="c1"))
+    ttft = total(after, "cortex_time_to_first_token_seconds_sum", model="c1") - total(
+        before, "cortex_time_to_first_token_seconds_sum", model="c1"
+    )
     assert ttft >= 0.9  # at least the stream that arrived first waited for the whole load
     assert gw.model_state("c1", "cold") == "loaded"
 
@@ -101,12 +153,16 @@ def test_lru_evicts_least_recently_used(fleet):
     assert st["unloads"] == {"l1": 1} and st["loads"] == {"l3": 1}
     assert gw.model_state("l2", "lru") == "loaded" and gw.model_state("l1", "lru") == "available"
     assert total(metrics(gw), "cortex_evictions_total", reason="lru") > total(
-        before, "cortex_evictions_total", reason="lru")
+        before, "cortex_evictions_total", reason="lru"
+    )
 
 
 def test_pinned_models_are_never_evicted(fleet):
     gw, fakes = fleet
-    assert HTTP.post(gw.url + "/admin/models/pin", json={"model": "q2"}).json() == {"model": "q2", "pinned": True}
+    assert HTTP.post(gw.url + "/admin/models/pin", json={"model": "q2"}).json() == {
+        "model": "q2",
+        "pinned": True,
+    }
     r = chat(gw, "q3")  # q1 (pinned in models.toml) and q2 (pinned at runtime) hold all memory
     assert r.status_code == 503 and r.headers.get("retry-after")
     assert "q3" in r.json()["error"]["message"]
@@ -120,8 +176,9 @@ def test_models_with_requests_in_flight_are_never_evicted(fleet):
     out: dict = {}
 
     def slow_stream() -> None:
-        with HTTP.stream("POST", gw.url + "/v1/chat/completions", json=chat_body("b1", stream=True),
-                         timeout=30) as r:
+        with HTTP.stream(
+            "POST", gw.url + "/v1/chat/completions", json=chat_body("b1", stream=True), timeout=30
+        ) as r:
             out["body"] = r.read()
 
     t = threading.Thread(target=slow_stream)
@@ -152,10 +209,23 @@ def test_neuron_507_makes_the_gateway_evict_and_retry(fleet):
 
 @pytest.fixture(scope="module")
 def priority_fleet(module_spawn):
-    fake = module_spawn("neuron", node("prio", 100, [{"id": "p_low", "memory_needed_bytes": 40, "loaded": True},
-                                                     {"id": "p_high", "memory_needed_bytes": 40, "loaded": True},
-                                                     {"id": "p_new", "memory_needed_bytes": 40}]))
-    profiles = [{"id": "p_low", "priority": 1}, {"id": "p_high", "priority": 10}, {"id": "p_new", "priority": 5}]
+    fake = module_spawn(
+        "neuron",
+        node(
+            "prio",
+            100,
+            [
+                {"id": "p_low", "memory_needed_bytes": 40, "loaded": True},
+                {"id": "p_high", "memory_needed_bytes": 40, "loaded": True},
+                {"id": "p_new", "memory_needed_bytes": 40},
+            ],
+        ),
+    )
+    profiles = [
+        {"id": "p_low", "priority": 1},
+        {"id": "p_high", "priority": 10},
+        {"id": "p_new", "priority": 5},
+    ]
     gw = module_spawn("gateway", [("prio", fake.url)], models=profiles, eviction={"strategy": "priority"})
     start_all(fake, gw)
     gw.wait(up=1)

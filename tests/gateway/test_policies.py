@@ -34,8 +34,11 @@ def test_lru_plan_evicts_oldest_first():
     lru = eviction.make_policy(EvictionStrategy.LRU)
     assert eviction.plan(RESIDENTS, need=50, free=60, policy=lru) == []
     assert [r.model for r in eviction.plan(RESIDENTS, need=50, free=20, policy=lru)] == ["old-important"]
-    assert [r.model for r in eviction.plan(RESIDENTS, need=100, free=10, policy=lru)] == ["old-important", "mid",
-                                                                                         "new-unimportant"]
+    assert [r.model for r in eviction.plan(RESIDENTS, need=100, free=10, policy=lru)] == [
+        "old-important",
+        "mid",
+        "new-unimportant",
+    ]
     assert eviction.plan(RESIDENTS, need=1000, free=10, policy=lru) is None
 
 

@@ -1,7 +1,7 @@
 """The OpenAI surface end to end: catalogue merge, routing, streaming pass-through, errors, metrics.
 
-Two fake neurons (a: m1 loaded, m2 available; b: m2 available, m3 loaded) behind a real gateway process, driven
-with the real `openai` SDK and httpx.
+Two fake neurons (a: m1 loaded, m2 available; b: m2 available, m3 loaded) behind a real gateway process,
+driven with the real `openai` SDK and httpx.
 """
 
 from __future__ import annotations
@@ -14,18 +14,43 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.gateway.conftest import chat_body, start_all, wait_until
 
 METRIC_NAMES = {
-    "cortex_requests", "cortex_prompt_tokens", "cortex_completion_tokens", "cortex_request_duration_seconds",
-    "cortex_time_to_first_token_seconds", "cortex_tokens_per_second", "cortex_cold_loads",
-    "cortex_cold_load_seconds", "cortex_evictions", "cortex_in_flight", "cortex_node_up", "cortex_model_loaded",
+    "cortex_requests",
+    "cortex_prompt_tokens",
+    "cortex_completion_tokens",
+    "cortex_request_duration_seconds",
+    "cortex_time_to_first_token_seconds",
+    "cortex_tokens_per_second",
+    "cortex_cold_loads",
+    "cortex_cold_load_seconds",
+    "cortex_evictions",
+    "cortex_in_flight",
+    "cortex_node_up",
+    "cortex_model_loaded",
 }
 
 
 @pytest.fixture(scope="module")
 def fleet(module_spawn):
-    a = module_spawn("neuron", {"name": "a", "models": [{"id": "m1", "memory_needed_bytes": 10, "loaded": True},
-                                                        {"id": "m2", "memory_needed_bytes": 10}]})
-    b = module_spawn("neuron", {"name": "b", "models": [{"id": "m2", "memory_needed_bytes": 10},
-                                                        {"id": "m3", "memory_needed_bytes": 10, "loaded": True}]})
+    a = module_spawn(
+        "neuron",
+        {
+            "name": "a",
+            "models": [
+                {"id": "m1", "memory_needed_bytes": 10, "loaded": True},
+                {"id": "m2", "memory_needed_bytes": 10},
+            ],
+        },
+    )
+    b = module_spawn(
+        "neuron",
+        {
+            "name": "b",
+            "models": [
+                {"id": "m2", "memory_needed_bytes": 10},
+                {"id": "m3", "memory_needed_bytes": 10, "loaded": True},
+            ],
+        },
+    )
     models = [{"id": "m1", "aliases": ["fast"]}, {"id": "m3", "neurons": ["b"], "priority": 3}]
     gw = module_spawn("gateway", [("a", a.url), ("b", b.url)], models=models)
     start_all(a, b, gw)
@@ -54,8 +79,11 @@ def metrics(gw) -> dict[tuple[str, tuple], float]:
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, lab), v in samples.items()
-               if n == name and all(dict(lab).get(k) == want for k, want in labels.items()))
+    return sum(
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all(dict(lab).get(k) == want for k, want in labels.items())
+    )
 
 
 def test_catalogue_merges_nodes_and_resolves_aliases(client, fleet):
@@ -91,13 +119,21 @@ def test_routes_to_the_node_that_has_the_model(client):
 
 def test_stream_passes_chunks_and_usage_only_when_asked(client, fleet):
     _, a, _ = fleet
-    chunks = list(client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "a b c"}],
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "a b c"}], stream=True
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "tok0 tok1 tok2 tok3 "
     assert all(c.usage is None for c in chunks)
-    with_usage = list(client.chat.completions.create(
-        model="m1", messages=[{"role": "user", "content": "a b c"}], stream=True,
-        stream_options={"include_usage": True}))
+    with_usage = list(
+        client.chat.completions.create(
+            model="m1",
+            messages=[{"role": "user", "content": "a b c"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert with_usage[-1].choices == [] and with_usage[-1].usage.prompt_tokens == 3
     # upstream was asked for usage both times (the gateway needs it for metrics)
     assert [r["include_usage"] for r in a.stats()["requests"] if r["stream"]][-2:] == [True, True]
@@ -106,8 +142,9 @@ def test_stream_passes_chunks_and_usage_only_when_asked(client, fleet):
 def test_completions_stream_and_not(client):
     done = client.completions.create(model="m1", prompt="one two", max_tokens=3)
     assert done.choices[0].text == "tok0 tok1 tok2 " and done.usage.prompt_tokens == 2
-    text = "".join(c.choices[0].text for c in client.completions.create(model="m1", prompt="x", stream=True)
-                   if c.choices)
+    text = "".join(
+        c.choices[0].text for c in client.completions.create(model="m1", prompt="x", stream=True) if c.choices
+    )
     assert text == "tok0 tok1 tok2 tok3 "
 
 
@@ -122,13 +159,20 @@ def test_upstream_4xx_pass_through_with_retry_after(client, fleet):
     assert r.json()["error"]["code"] == "queue_full"
 
 
-@pytest.mark.parametrize(("body", "param"), [
-    (b"{not json", None), (b"[1, 2]", None), (b'{"messages": []}', "model"),
-    (b'{"model": "m1", "stream": "yes"}', "stream"),
-])
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b"{not json", None),
+        (b"[1, 2]", None),
+        (b'{"messages": []}', "model"),
+        (b'{"model": "m1", "stream": "yes"}', "stream"),
+    ],
+)
 def test_malformed_requests_are_400(fleet, body, param):
     gw = fleet[0]
-    r = httpx.post(gw.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+    r = httpx.post(
+        gw.url + "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and err["param"] == param and err["message"]
@@ -145,21 +189,44 @@ def test_metrics_parse_and_move(client, fleet):
     assert families(gw) >= METRIC_NAMES
     assert total(before, "cortex_node_up", node="a") == 1.0
     assert total(before, "cortex_model_loaded", model="m3", node="b") == 1.0
-    list(client.chat.completions.create(model="m3", messages=[{"role": "user", "content": "p q"}], stream=True))
+    list(
+        client.chat.completions.create(model="m3", messages=[{"role": "user", "content": "p q"}], stream=True)
+    )
     client.chat.completions.create(model="m3", messages=[{"role": "user", "content": "p q"}])
-    after = wait_until(lambda: (m := metrics(gw)) and total(m, "cortex_requests_total", model="m3") >=
-                       total(before, "cortex_requests_total", model="m3") + 2 and m, 5)
+    after = wait_until(
+        lambda: (
+            (m := metrics(gw))
+            and total(m, "cortex_requests_total", model="m3")
+            >= total(before, "cortex_requests_total", model="m3") + 2
+            and m
+        ),
+        5,
+    )
     labels = {"model": "m3", "node": "b", "api": "chat"}
-    assert (total(after, "cortex_requests_total", status="200", **labels)
-            - total(before, "cortex_requests_total", status="200", **labels)) == 2
-    assert total(after, "cortex_prompt_tokens_total", **labels) - total(
-        before, "cortex_prompt_tokens_total", **labels) == 4
-    assert total(after, "cortex_completion_tokens_total", **labels) - total(
-        before, "cortex_completion_tokens_total", **labels) == 8
-    assert total(after, "cortex_time_to_first_token_seconds_count", **labels) - total(
-        before, "cortex_time_to_first_token_seconds_count", **labels) == 1
-    assert total(after, "cortex_request_duration_seconds_count", **labels) - total(
-        before, "cortex_request_duration_seconds_count", **labels) == 2
+    assert (
+        total(after, "cortex_requests_total", status="200", **labels)
+        - total(before, "cortex_requests_total", status="200", **labels)
+    ) == 2
+    assert (
+        total(after, "cortex_prompt_tokens_total", **labels)
+        - total(before, "cortex_prompt_tokens_total", **labels)
+        == 4
+    )
+    assert (
+        total(after, "cortex_completion_tokens_total", **labels)
+        - total(before, "cortex_completion_tokens_total", **labels)
+        == 8
+    )
+    assert (
+        total(after, "cortex_time_to_first_token_seconds_count", **labels)
+        - total(before, "cortex_time_to_first_token_seconds_count", **labels)
+        == 1
+    )
+    assert (
+        total(after, "cortex_request_duration_seconds_count", **labels)
+        - total(before, "cortex_request_duration_seconds_count", **labels)
+        == 2
+    )
     assert total(after, "cortex_tokens_per_second_count", **labels) > 0
     assert total(after, "cortex_requests_total", model="(unknown)", status="404") >= 0
     assert total(after, "cortex_in_flight", model="m3", node="b") == 0

@@ -2,7 +2,7 @@
 
 Two neurons share one JAX compilation cache so only the first request pays for compiling:
 * n1 serves `qwen3.6-tiny` (loaded at start) and `tiny-b` (the same checkpoint under another id) with a memory
-  budget that holds only one of them, so loading `tiny-b` must evict;
+  budget (0.1 GiB; each needs ~70 MB at these settings) that holds only one, so loading `tiny-b` must evict;
 * n2 serves `tiny-c` only, not loaded at start.
 The fake-neuron tests cover the faults (kills, hangs, 500s) and priority eviction; this module checks that the
 gateway and the real neuron agree on the HTTP contract: catalogue, routing, streaming with usage, cold loads
@@ -23,8 +23,10 @@ from tests.gateway.conftest import HTTP, Proc, free_port, start_all, wait_until
 from tests.gateway.test_proxy import metrics, total
 
 pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("serving.neuron") is None,
-                       reason="serving.neuron is not importable yet (being written in parallel)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("serving.neuron") is None,
+        reason="serving.neuron is not importable yet (being written in parallel)",
+    ),
     pytest.mark.slow,
 ]
 
@@ -36,9 +38,28 @@ class RealNeuron(Proc):
 
     def __init__(self, tmp: Path, name: str, args: list[str], env: dict[str, str] | None = None):
         self.name, self.port = name, free_port()
-        cmd = [sys.executable, "-m", "serving.neuron", "--listen", f"127.0.0.1:{self.port}", "--node-name", name,
-               "--log-format", "text", "--compile-cache-dir", str(tmp / "jax-cache"), "--prefill-buckets", "64",
-               "--slots", "2", "--context-limit", "512", "--max-tokens-default", "8", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving.neuron",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--node-name",
+            name,
+            "--log-format",
+            "text",
+            "--compile-cache-dir",
+            str(tmp / "jax-cache"),
+            "--prefill-buckets",
+            "64",
+            "--slots",
+            "2",
+            "--context-limit",
+            "512",
+            "--max-tokens-default",
+            "8",
+            *args,
+        ]
         super().__init__(cmd, tmp / f"real-{name}.log", {"JAX_PLATFORMS": "cpu", **(env or {})})
 
     @property
@@ -61,17 +82,26 @@ def fleet(module_spawn, tmp_path_factory):
 
     ckpt = ensure_embedded_checkpoint()
     tmp = tmp_path_factory.mktemp("real")
-    n1 = RealNeuron(tmp, "n1", ["--model", f"tiny-b={ckpt}", "--load", TINY, "--memory-budget-gb", "0.2"],
-                    env={"NEURON_EMBEDDED": "true"})
+    n1 = RealNeuron(
+        tmp,
+        "n1",
+        ["--model", f"tiny-b={ckpt}", "--load", TINY, "--memory-budget-gb", "0.1"],
+        env={"NEURON_EMBEDDED": "true"},
+    )
     n2 = RealNeuron(tmp, "n2", ["--model", f"tiny-c={ckpt}", "--load", ""])
-    gw = module_spawn("gateway", [("n1", n1.url), ("n2", n2.url)],
-                      models=[{"id": TINY, "aliases": ["tiny"]}, {"id": "tiny-c", "neurons": ["n2"]}],
-                      gateway={"load_wait_seconds": 300, "poll_interval": 0.5},
-                      timeouts={"read": 300, "load": 300, "health": 5})
+    gw = module_spawn(
+        "gateway",
+        [("n1", n1.url), ("n2", n2.url)],
+        models=[{"id": TINY, "aliases": ["tiny"]}, {"id": "tiny-c", "neurons": ["n2"]}],
+        gateway={"load_wait_seconds": 300, "poll_interval": 0.5},
+        timeouts={"read": 300, "load": 300, "health": 5},
+    )
     try:
         start_all(n1, n2, gw)
         gw.wait(up=2)
-        wait_until(lambda: gw.model_state(TINY, "n1") == "loaded", 180, interval=0.5, what="tiny loaded on n1")
+        wait_until(
+            lambda: gw.model_state(TINY, "n1") == "loaded", 180, interval=0.5, what="tiny loaded on n1"
+        )
         yield gw, n1, n2
     finally:
         for n in (n1, n2):
@@ -92,11 +122,19 @@ def test_catalogue_merges_real_neurons(client):
 
 def test_chat_routes_to_the_loaded_node_stream_and_not(client, fleet):
     gw = fleet[0]
-    done = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
-                                          max_tokens=4)
+    done = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert done.model == TINY and done.usage.completion_tokens == 4
-    chunks = list(client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=4, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model=TINY,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[-1].usage.completion_tokens == 4 and chunks[-1].choices == []
     assert total(metrics(gw), "cortex_requests_total", model=TINY, node="n1", status="200") >= 2
 
@@ -104,7 +142,8 @@ def test_chat_routes_to_the_loaded_node_stream_and_not(client, fleet):
 def test_concurrent_requests_share_one_cold_load(client, fleet):
     gw = fleet[0]
     ask = lambda: client.chat.completions.create(  # noqa: E731
-        model="tiny-c", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+        model="tiny-c", messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
     with ThreadPoolExecutor(3) as pool:
         replies = list(pool.map(lambda _: ask(), range(3)))
     assert all(r.usage.completion_tokens == 2 for r in replies)
@@ -116,12 +155,15 @@ def test_pinned_blocks_eviction_then_lru_evicts(client, fleet):
     gw = fleet[0]
     HTTP.post(gw.url + "/admin/models/pin", json={"model": TINY}).raise_for_status()
     with pytest.raises(openai.APIStatusError) as info:
-        client.chat.completions.create(model="tiny-b", messages=[{"role": "user", "content": "x"}], max_tokens=2)
+        client.chat.completions.create(
+            model="tiny-b", messages=[{"role": "user", "content": "x"}], max_tokens=2
+        )
     assert info.value.status_code == 503
     assert gw.model_state(TINY, "n1") == "loaded"
     HTTP.post(gw.url + "/admin/models/unpin", json={"model": TINY}).raise_for_status()
-    reply = client.chat.completions.create(model="tiny-b", messages=[{"role": "user", "content": "x"}],
-                                           max_tokens=2)
+    reply = client.chat.completions.create(
+        model="tiny-b", messages=[{"role": "user", "content": "x"}], max_tokens=2
+    )
     assert reply.usage.completion_tokens == 2
     assert gw.model_state("tiny-b", "n1") == "loaded" and gw.model_state(TINY, "n1") == "available"
     m = metrics(gw)
@@ -132,7 +174,10 @@ def test_pinned_blocks_eviction_then_lru_evicts(client, fleet):
 def test_tokenize_through_the_backend_api(fleet):
     """`/v1/messages/count_tokens` (the dialect routes) reaches the neuron's /tokenize via ChatBackend."""
     gw = fleet[0]
-    r = HTTP.post(gw.url + "/v1/messages/count_tokens",
-                  json={"model": TINY, "messages": [{"role": "user", "content": "hello world"}]}, timeout=60)
+    r = HTTP.post(
+        gw.url + "/v1/messages/count_tokens",
+        json={"model": TINY, "messages": [{"role": "user", "content": "hello world"}]},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["input_tokens"] > 0

@@ -151,3 +151,12 @@ def test_unsupported_model_type(tmp_path, vlm):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="unsupported model_type 'llama'"):
         load_model(d)
+
+
+def test_mtp_required_by_config_unless_disabled(tmp_path, vlm, vlm_state):
+    path = _copy_with(vlm, tmp_path / "nomtp", lambda t: [t.pop(k) for k in list(t) if k.startswith("mtp.")])
+    with pytest.raises(CheckpointError, match=r"missing \(15\)[\s\S]*mtp\.fc\.kernel"):
+        load_model(path, ignore_prefixes=VIS)
+    state = _flat(load_model(path, ignore_prefixes=VIS, with_mtp=False)[1])
+    assert not any(k.startswith("mtp.") for k in state)
+    assert len(state) == len(vlm_state) - 15

@@ -152,3 +152,19 @@ def test_distinct_mrope_axes_match_hf(tiny, tokens):
     valid = full_valid()
     logits, _ = tiny.forward(tiny.state, cache, jnp.asarray(tokens), jnp.asarray(pos), valid)
     assert_close_rel(logits, ref, 1e-4, "3-axis mRoPE logits")
+
+
+def test_chunked_prefill_continuation(tiny, tokens):
+    """A second prefill on a non-empty cache (chunked prefill): rows continue from 13 and 20 cached tokens."""
+    ref = hf_logits(tiny.hf, tokens)
+    first = np.array([13, 20])
+    valid1 = np.arange(T)[None, :] < first[:, None]
+    _, cache = _prefill(tiny, tokens, valid1)
+    rest = T - first  # 19 and 12 more tokens, right-padded into the same bucket
+    ids2 = np.zeros_like(tokens)
+    for b in range(B):
+        ids2[b, : rest[b]] = tokens[b, first[b]:]
+    valid2 = np.arange(T)[None, :] < rest[:, None]
+    last, cache = _prefill(tiny, ids2, valid2, cache)
+    assert_close_rel(last, ref[:, -1], 1e-4, "chunked prefill continuation")
+    np.testing.assert_array_equal(np.asarray(cache.lengths), [T, T])

@@ -9,6 +9,7 @@ means the jitted steps are compiled once, not once per process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,15 +27,15 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPILE_CACHE = Path(os.environ.get("CORTEX_JAX_CACHE", Path.home() / ".cache" / "cortex-jax")) / "xla-tests"
 START_TIMEOUT_S = 180
 # Small, test-friendly engine: one prefill bucket (one compile), 2 slots.
-BASE_CONFIG = """
-slots = 2
-queue = 4
-context_limit = 1024
-prefill_buckets = [256]
-keepalive_s = 0.5
-drain_timeout_s = 30
-log_format = "text"
-"""
+BASE_SETTINGS = {"slots": 2, "queue": 4, "context_limit": 1024, "prefill_buckets": [256], "keepalive_s": 0.5,
+                 "max_request_bytes": 1048576, "drain_timeout_s": 30, "log_format": "text"}
+
+
+def render_toml(settings: dict, models: dict[str, str] | None = None) -> str:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]  # JSON scalars/lists are valid TOML here
+    if models:
+        lines += ["[models]"] + [f"{json.dumps(k)} = {json.dumps(str(v))}" for k, v in models.items()]
+    return "\n".join(lines) + "\n"
 
 
 def free_port() -> int:
@@ -67,11 +68,11 @@ class Neuron:
         raise AssertionError(f"timed out waiting for {what}")
 
 
-def start_neuron(tmp: Path, config: str = "", env: dict[str, str] | None = None,
-                 wait_loaded: tuple[str, ...] = ("qwen3.6-tiny",)) -> Neuron:
+def start_neuron(tmp: Path, settings: dict | None = None, models: dict[str, str] | None = None,
+                 env: dict[str, str] | None = None, wait_loaded: tuple[str, ...] = ("qwen3.6-tiny",)) -> Neuron:
     port = free_port()
     cfg = tmp / "neuron.toml"
-    cfg.write_text(BASE_CONFIG + config)
+    cfg.write_text(render_toml({**BASE_SETTINGS, **(settings or {})}, models))
     log_path = tmp / "neuron.log"
     full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "NEURON_COMPILE_CACHE_DIR": str(COMPILE_CACHE),
                 "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -108,9 +109,9 @@ def stop_neuron(neuron: Neuron, timeout: float = 30.0) -> int | None:
     return neuron.proc.returncode
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def neuron(tmp_path_factory) -> Iterator[Neuron]:
-    """The default test neuron: the embedded model, loaded at start."""
+    """The default test neuron (shared by the modules that need no special config): the embedded model."""
     n = start_neuron(tmp_path_factory.mktemp("neuron"))
     try:
         yield n
@@ -118,7 +119,7 @@ def neuron(tmp_path_factory) -> Iterator[Neuron]:
         stop_neuron(n)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def oai(neuron):
     from openai import OpenAI
 

@@ -67,7 +67,7 @@ def test_stream_wire_format(neuron):
 
 def test_seed_reproducible_and_n(oai):
     kw = dict(model=MODEL, messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=6,
-              temperature=1.0, top_p=0.95, top_k=50, seed=1234, extra_body=NO_THINK)
+              temperature=1.0, top_p=0.95, seed=1234, extra_body={**NO_THINK, "top_k": 50})
     a = oai.chat.completions.create(**kw)
     b = oai.chat.completions.create(**kw)
     assert a.choices[0].message.content == b.choices[0].message.content
@@ -97,11 +97,14 @@ def test_tools_round_trip(oai):
     assert isinstance(json.loads(call.function.arguments), dict)
     messages += [choice.message.model_dump(exclude_none=True),
                  {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})}]
-    r2 = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, tool_choice="none",
-                                     max_tokens=5, temperature=0, extra_body=NO_THINK)
-    assert r2.choices[0].message.tool_calls is None
+    r2 = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=5, temperature=0,
+                                     extra_body=NO_THINK)
     assert r2.choices[0].finish_reason in ("length", "stop")
-    assert r2.usage.prompt_tokens > r.usage.prompt_tokens
+    assert r2.usage.prompt_tokens > r.usage.prompt_tokens  # the call and its result are in the prompt now
+    r3 = oai.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, tool_choice="none",
+                                     max_tokens=3, temperature=0, extra_body=NO_THINK)
+    assert r3.choices[0].message.tool_calls is None
+    assert r3.usage.prompt_tokens < r2.usage.prompt_tokens  # tool_choice=none: the tools are not rendered
 
 
 def test_tools_stream_forced_call(oai):

@@ -1,4 +1,4 @@
-"""Shared fixtures: one embedded checkpoint written per session (fresh, into a temp dir) and loaders over it."""
+"""Shared fixtures: one embedded checkpoint written per session (fresh, in a temp dir) and loaders over it."""
 
 from pathlib import Path
 

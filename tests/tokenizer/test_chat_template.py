@@ -25,16 +25,16 @@ TOOLS_HEADER = (
     + "\n</tools>\n\n"
     "If you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
     "<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
-    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\nmultiple lines\n"
-    "</parameter>\n</function>\n</tool_call>\n\n"
+    "<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat can span\n"
+    "multiple lines\n</parameter>\n</function>\n</tool_call>\n\n"
     "<IMPORTANT>\nReminder:\n"
-    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be nested "
-    "within <tool_call></tool_call> XML tags\n"
+    "- Function calls MUST follow the specified format: an inner <function=...></function> block must be "
+    "nested within <tool_call></tool_call> XML tags\n"
     "- Required parameters MUST be specified\n"
-    "- You may provide optional reasoning for your function call in natural language BEFORE the function call, "
-    "but NOT after\n"
-    "- If there is no function call available, answer the question like normal with your current knowledge and "
-    "do not tell the user about function calls\n</IMPORTANT>"
+    "- You may provide optional reasoning for your function call in natural language BEFORE the function "
+    "call, but NOT after\n"
+    "- If there is no function call available, answer the question like normal with your current knowledge "
+    "and do not tell the user about function calls\n</IMPORTANT>"
 )
 
 USER_HI = [{"role": "user", "content": "Hi"}]
@@ -57,13 +57,15 @@ def test_thinking_off_and_no_generation_prompt(tok):
 
 
 def test_tools_block_with_and_without_system(tok):
-    with_system = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, *USER_HI], tools=[WEATHER])
+    system = {"role": "system", "content": "Be brief."}
+    with_system = tok.apply_chat_template([system, *USER_HI], tools=[WEATHER])
     assert with_system == (
         TOOLS_HEADER + "\n\nBe brief.<|im_end|>\n"
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n"
     )
-    assert tok.apply_chat_template(USER_HI, tools=[WEATHER]).startswith(TOOLS_HEADER + "<|im_end|>\n<|im_start|>user")
-    assert tok.apply_chat_template(USER_HI, tools=[]) == tok.apply_chat_template(USER_HI)  # empty list: no block
+    no_system = tok.apply_chat_template(USER_HI, tools=[WEATHER])
+    assert no_system.startswith(TOOLS_HEADER + "<|im_end|>\n<|im_start|>user")
+    assert tok.apply_chat_template(USER_HI, tools=[]) == tok.apply_chat_template(USER_HI)  # [] means no tools
 
 
 def test_tool_calls_and_results(tok):
@@ -77,8 +79,8 @@ def test_tool_calls_and_results(tok):
                 {"id": "a", "type": "function",
                  "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'}},
                 # transformers style: arguments is an object; non-strings are JSON-encoded.
-                {"id": "b", "type": "function",
-                 "function": {"name": "get_weather", "arguments": {"city": "Lyon", "opts": {"x": [1, True, None]}}}},
+                {"id": "b", "type": "function", "function": {
+                    "name": "get_weather", "arguments": {"city": "Lyon", "opts": {"x": [1, True, None]}}}},
             ],
         },
         {"role": "tool", "tool_call_id": "a", "content": "sunny"},
@@ -183,14 +185,14 @@ def test_user_turn_holding_tool_responses_is_not_a_query(tok):
     [
         ([], "empty"),
         ([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}], "first message"),
-        ([{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}], "cannot contain"),
+        ([{"role": "system", "content": [{"type": "image", "image": "u"}]}], "cannot contain"),
         ([{"role": "wizard", "content": "a"}], "Unexpected message role"),
         ([{"role": "user", "content": [{"type": "audio"}]}], "Unexpected content part"),
         ([{"role": "user", "content": {"text": "a"}}], "string or a list"),
-        ([{"role": "user", "content": "a"},
-          {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}], "valid JSON"),
-        ([{"role": "user", "content": "a"},
-          {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}], "JSON object"),
+        ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{oops"}}]}],
+         "valid JSON"),
+        ([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "[1]"}}]}],
+         "JSON object"),
         (["not a dict"], "must be an object"),
     ],
 )
@@ -204,9 +206,10 @@ PARITY_CASES = [
     (USER_HI, [WEATHER], {"enable_thinking": False}),
     (MULTI_TURN, [WEATHER], {}),
     (MULTI_TURN, None, {"preserve_thinking": True}),
-    ([{"role": "user", "content": [{"type": "text", "text": "What is "},
-                                   {"type": "image_url", "image_url": {"url": "u"}}]}], None, {"add_vision_id": True}),
-    ([*USER_HI, {"role": "assistant", "content": "<think>a</think>b"}, {"role": "user", "content": "c"}], None, {}),
+    ([{"role": "user", "content": [{"type": "text", "text": "What is "}, {"type": "image", "image": "u"}]}],
+     None, {"add_vision_id": True}),
+    ([*USER_HI, {"role": "assistant", "content": "<think>a</think>b"}, {"role": "user", "content": "c"}],
+     None, {}),
 ]
 
 
@@ -218,7 +221,8 @@ def test_renders_like_transformers(tok, hf_tok, messages, tools, kwargs):
         theirs = hf_tok.apply_chat_template(messages, tools=tools, add_generation_prompt=gen, tokenize=False,
                                             **{"enable_thinking": True, "preserve_thinking": False, **kwargs})
         assert ours == theirs
-    ids = hf_tok.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=False, add_generation_prompt=True,
+    ids = hf_tok.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=False,
+                                     add_generation_prompt=True,
                                      **{"enable_thinking": True, "preserve_thinking": False, **kwargs})
     assert tok.render_chat_ids(messages, tools=tools, **kwargs) == list(ids)
 

@@ -18,7 +18,7 @@ FILES = {
 
 def test_files_and_config(ckpt_dir):
     assert ckpt_dir.name == f"{EMBEDDED_MODEL_ID}-v{embedded.CHECKPOINT_VERSION}"
-    assert FILES <= {p.name for p in ckpt_dir.iterdir()}
+    assert {p.name for p in ckpt_dir.iterdir()} >= FILES
     cfg = Qwen36Config.from_dir(ckpt_dir)
     t = cfg.text
     assert cfg.tie_word_embeddings and t.vocab_size == 248320
@@ -30,9 +30,12 @@ def test_files_and_config(ckpt_dir):
     gen = json.loads((ckpt_dir / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [248046, 248044]
     tc = json.loads((ckpt_dir / "tokenizer_config.json").read_text())
-    assert tc["chat_template"] == (ckpt_dir / "chat_template.jinja").read_text() == embedded.CHAT_TEMPLATE_PATH.read_text()
-    assert tc["added_tokens_decoder"]["248068"] == {"content": "<think>", "lstrip": False, "normalized": False,
-                                                    "rstrip": False, "single_word": False, "special": False}
+    template = embedded.CHAT_TEMPLATE_PATH.read_text()
+    assert tc["chat_template"] == (ckpt_dir / "chat_template.jinja").read_text() == template
+    assert tc["added_tokens_decoder"]["248068"] == {
+        "content": "<think>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "special": False,
+    }
 
 
 def test_safetensors_layout(ckpt_dir):
@@ -46,8 +49,8 @@ def test_safetensors_layout(ckpt_dir):
             assert sl.get_dtype() == "BF16", k
     assert "lm_head.weight" not in keys  # tied
     assert {k for k in keys if k.startswith("mtp.")} >= {
-        "mtp.fc.weight", "mtp.pre_fc_norm_embedding.weight", "mtp.pre_fc_norm_hidden.weight", "mtp.norm.weight",
-        "mtp.layers.0.self_attn.q_proj.weight", "mtp.layers.0.mlp.down_proj.weight",
+        "mtp.fc.weight", "mtp.pre_fc_norm_embedding.weight", "mtp.pre_fc_norm_hidden.weight",
+        "mtp.norm.weight", "mtp.layers.0.self_attn.q_proj.weight", "mtp.layers.0.mlp.down_proj.weight",
     }
     assert any(k.startswith("model.visual.blocks.1.") for k in keys)
 
@@ -91,8 +94,9 @@ def test_auto_tokenizer_encodes_the_same(hf_tok, tok):
     assert hf_tok.eos_token == "<|im_end|>" and hf_tok.pad_token == "<|endoftext|>"
     for text in CORPUS + random_texts(500, seed=3):
         assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text), text
-    # Known divergence (docs/tokenizer.md): transformers' Qwen3_5Tokenizer rebuilds the BPE from vocab + merges
-    # without ignore_merges, so a pre-token that is exactly one of the ~200 merge-unreachable tokens splits.
+    # Known divergence (docs/tokenizer.md): transformers' Qwen3_5Tokenizer rebuilds the BPE from vocab and
+    # merges without ignore_merges, so a pre-token that is exactly one of the ~200 merge-unreachable tokens
+    # splits.
     assert tok.encode("加拿大") == [108918]
     assert hf_tok.encode("加拿大", add_special_tokens=False) != [108918]
 
@@ -129,3 +133,14 @@ def test_bf16_rounding_is_round_to_nearest_even():
     bits = embedded._to_bf16_bits(x)
     back = (bits.astype(np.uint32) << 16).view(np.float32)
     np.testing.assert_array_equal(back[:4], [1.0, 1.0, 1.015625, -2.5])  # ties go to the even mantissa
+
+
+# CHECKPOINT_VERSION → content_fingerprint(). A cached checkpoint is reused by version, so any change to what
+# is written must bump the version (and add its fingerprint here), or users would keep loading the stale copy.
+FINGERPRINTS = {1: "5b4595d94cf7c29f"}
+
+
+def test_version_bumped_with_content():
+    assert embedded.content_fingerprint() == FINGERPRINTS.get(embedded.CHECKPOINT_VERSION), (
+        "the embedded checkpoint's content changed: bump CHECKPOINT_VERSION and record the new fingerprint"
+    )

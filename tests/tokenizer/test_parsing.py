@@ -26,7 +26,8 @@ TOOLS = [
         "nothing": {"type": "null"}, "maybe": {"type": ["integer", "null"]}, "either": {"anyOf": [
             {"type": "string"}, {"type": "integer"}]},
     }}}},
-    {"name": "write_file", "parameters": {"properties": {"path": {"type": "string"}, "content": {"type": "string"}}}},
+    {"name": "write_file",
+     "parameters": {"properties": {"path": {"type": "string"}, "content": {"type": "string"}}}},
 ]
 
 
@@ -87,9 +88,11 @@ def test_plain_outputs():
     [
         ("42", {"type": "integer"}, 42), ("4.0", {"type": "integer"}, 4), ("4.5", {"type": "integer"}, "4.5"),
         ("x", {"type": "integer"}, "x"), ("2.5", {"type": "number"}, 2.5), ("7", {"type": "number"}, 7),
-        ("nan", {"type": "number"}, "nan"), ("True", {"type": "boolean"}, True), ("false", {"type": "boolean"}, False),
-        ("yes", {"type": "boolean"}, "yes"), ("null", {"type": "null"}, None),
-        ('{"a": [1, null]}', {"type": "object"}, {"a": [1, None]}), ("{'a': True}", {"type": "object"}, {"a": True}),
+        ("nan", {"type": "number"}, "nan"), ("True", {"type": "boolean"}, True),
+        ("false", {"type": "boolean"}, False), ("yes", {"type": "boolean"}, "yes"),
+        ("null", {"type": "null"}, None),
+        ('{"a": [1, null]}', {"type": "object"}, {"a": [1, None]}),
+        ("{'a': True}", {"type": "object"}, {"a": True}),
         ("[1, 2]", {"type": "array"}, [1, 2]), ("[1, 2]", {"type": "object"}, "[1, 2]"),
         ("null", {"type": ["integer", "null"]}, None), ("5", {"type": ["integer", "null"]}, 5),
         (" 5 ", {"type": "string"}, " 5 "), ("5", {"anyOf": [{"type": "string"}, {"type": "integer"}]}, "5"),
@@ -104,7 +107,7 @@ def test_coerce_value(raw, schema, want):
 def test_typed_parameters_and_whitespace():
     text = (
         "<tool_call>\n<function=get_weather>\n"
-        "<parameter=city>\n  Saint Malo \n</parameter>\n"  # one newline each side is the format's; spaces stay
+        "<parameter=city>\n  Saint Malo \n</parameter>\n"  # one newline per side is the format's; spaces stay
         "<parameter=days>\n 2 \n</parameter>\n<parameter=metric>\ntrue\n</parameter>\n"
         "<parameter=scale>\n1.5\n</parameter>\n<parameter=opts>\n{\"units\": \"C\"}\n</parameter>\n"
         "<parameter=tags>\n[\"a\"]\n</parameter>\n<parameter=nothing>\nnull\n</parameter>\n"
@@ -112,8 +115,8 @@ def test_typed_parameters_and_whitespace():
         "</function>\n</tool_call>"
     )
     assert parse(text).tool_calls == [call("get_weather", {
-        "city": "  Saint Malo ", "days": 2, "metric": True, "scale": 1.5, "opts": {"units": "C"}, "tags": ["a"],
-        "nothing": None, "unknown": "7", "days2": "x",
+        "city": "  Saint Malo ", "days": 2, "metric": True, "scale": 1.5, "opts": {"units": "C"},
+        "tags": ["a"], "nothing": None, "unknown": "7", "days2": "x",
     })]
 
 
@@ -139,15 +142,17 @@ MALFORMED = [
      ParsedOutput(None, "Sure.", [call("get_weather", {"city": "Oslo"})])),  # Hermes JSON style
     ("A <tool_call>\nnot a call\n</tool_call> B", False,
      ParsedOutput(None, "A <tool_call>\nnot a call\n</tool_call> B", [])),  # unparseable: text
-    ("A <tool_call>\n<function=bad\nname>", False, ParsedOutput(None, "A <tool_call>\n<function=bad\nname>", [])),
+    ("A <tool_call>\n<function=bad\nname>", False,
+     ParsedOutput(None, "A <tool_call>\n<function=bad\nname>", [])),
     ("A <tool_call>", False, ParsedOutput(None, "A <tool_call>", [])),  # cut right after the tag
     ("A <tool_c", False, ParsedOutput(None, "A <tool_c", [])),  # a partial tag at the end is text
     ("plan <tool_call>\n<function=get_weather>\n<parameter=city>\nX\n</parameter>\n</function>\n</tool_call>"
      " more\n</think>\n\nDone", True,
      ParsedOutput("plan more", "Done", [call("get_weather", {"city": "X"})])),  # a call inside reasoning
+    # Two functions in one <tool_call> block.
     ("<tool_call>\n<function=get_weather>\n</function>\n<function=write_file>\n<parameter=path>\np\n</parameter>"
      "\n</function>\n</tool_call>", False,
-     ParsedOutput(None, None, [call("get_weather", {}), call("write_file", {"path": "p"}, 1)])),  # 2 in 1 block
+     ParsedOutput(None, None, [call("get_weather", {}), call("write_file", {"path": "p"}, 1)])),
     ("<tool_call>\n<function=get_weather>\n</function>\ntrailing", False,
      ParsedOutput(None, "trailing", [call("get_weather", {})])),
     ("Before\n\n<tool_call>\n<function=get_weather>\n</function>\n</tool_call>\n\nafter", False,
@@ -165,7 +170,8 @@ def test_malformed_outputs(text, in_reasoning, expected):
 
 
 def test_stream_events_in_order_and_nothing_leaks():
-    events, result = stream_result(FULL, range(len(FULL)), starts_in_reasoning=True)  # one character at a time
+    # One character at a time.
+    events, result = stream_result(FULL, range(len(FULL)), starts_in_reasoning=True)
     assert result == parse(FULL, starts_in_reasoning=True)
     kinds = [type(e).__name__ for e in events]
     assert kinds.index("ContentDelta") > kinds.index("ReasoningDelta")
@@ -198,7 +204,8 @@ def test_finish_is_idempotent():
 SAMPLES = [FULL] + [text for text, _, _ in MALFORMED] + [
     "a\n</think>\nb <think> c </think> d",
     "<think>x</think><tool_call><function=get_weather><parameter=maybe>null</parameter></function></tool_call>",
-    "  \n <tool_call>  \n  <function=write_file>  <parameter=content>\n\n\n</parameter>  </function> </tool_call>",
+    "  \n <tool_call>  \n  <function=write_file>  <parameter=content>\n\n\n</parameter>  </function> "
+    "</tool_call>",
 ]
 
 
@@ -212,14 +219,15 @@ def test_any_split_gives_the_whole_result(text, in_reasoning, cuts):
 
 FRAGMENTS = [
     "<think>", "</think>", "<tool_call>", "</tool_call>", "<function=get_weather>", "<function=write_file>",
-    "</function>", "<parameter=city>", "<parameter=days>", "<parameter=opts>", "</parameter>", "\n", "  ", "x",
-    "Paris", "42", '{"a": 1}', "<", ">", "</", "<tool", "=", '{"name": "get_weather", "arguments": {}}', "é😀",
-    "<function=", "<parameter=", "\n\n",
+    "</function>", "<parameter=city>", "<parameter=days>", "<parameter=opts>", "</parameter>", "\n", "  ",
+    "x", "Paris", "42", '{"a": 1}', "<", ">", "</", "<tool", "=", '{"name": "get_weather", "arguments": {}}',
+    "é😀", "<function=", "<parameter=", "\n\n",
 ]
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.sampled_from(FRAGMENTS), max_size=30), st.booleans(), st.lists(st.integers(0, 300), max_size=10))
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=30), st.booleans(),
+       st.lists(st.integers(0, 300), max_size=10))
 def test_random_outputs_never_crash_and_ignore_chunking(frags, in_reasoning, cuts):
     text = "".join(frags)
     whole = parse(text, in_reasoning)

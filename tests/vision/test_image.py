@@ -1,4 +1,4 @@
-"""Image preprocessing: parity with transformers' Qwen2VL image processor (PIL backend) and every bad input."""
+"""Image preprocessing: parity with transformers' Qwen2VL image processor (PIL backend); every bad input."""
 
 from __future__ import annotations
 

@@ -101,7 +101,8 @@ def test_splice_image_features():
 
 # ---- whole model -------------------------------------------------------------------------------------------
 def _prefill(vlm, ids, images):
-    ids_np, embeds, pos, delta = prompt_embeds(vlm.vision_step, vlm.embed_step, vlm.state, ids, images, vlm.cfg)
+    ids_np, embeds, pos, delta = prompt_embeds(vlm.vision_step, vlm.embed_step, vlm.state, ids, images,
+                                               vlm.cfg)
     n = len(ids_np)
     tok = np.zeros((1, T), np.int32)
     tok[0, :n] = ids_np

@@ -1,0 +1,292 @@
+"""Added latency and throughput of the cortex gateway, side by side with the LiteLLM proxy, on one machine.
+
+A minimal fast upstream (raw asyncio HTTP/1.1, keep-alive, answers in microseconds, mimicking a neuron's
+`/health`, `/models` and `/v1/chat/completions`) runs in its own process. The same load generator (httpx,
+asyncio) measures it directly, through `cortex serve` and through `litellm --config` (installed in a separate
+venv), for non-stream and stream (8 content chunks + usage) requests:
+
+* latency: sequential requests, p50/p99 to the last byte; "added" = proxied minus direct at the same percentile;
+* throughput: requests/s with `--concurrency` requests in flight.
+
+    python scripts/bench_gateway.py [--litellm /tmp/litellm-venv/bin/litellm] [--requests 400] [--write]
+
+`--write` replaces the "Gateway" section of docs/benchmarks.md with the results (card, command, date, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "bench"
+CHUNKS = 8
+
+
+# ----------------------------------------------------------------------------- the fast upstream
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def _upstream_bodies() -> dict[str, bytes]:
+    base = {"id": "chatcmpl-bench", "created": 0, "model": MODEL}
+    usage = {"prompt_tokens": 5, "completion_tokens": CHUNKS, "total_tokens": 5 + CHUNKS}
+    done = {**base, "object": "chat.completion", "usage": usage,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "tok " * CHUNKS}}]}
+    events = b""
+    for i in range(CHUNKS):
+        delta = {"content": "tok "} | ({"role": "assistant"} if i == 0 else {})
+        c = {**base, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta,
+                                                                      "finish_reason": None}]}
+        events += _chunk(b"data: " + json.dumps(c).encode() + b"\n\n")
+    last = {**base, "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    events += _chunk(b"data: " + json.dumps(last).encode() + b"\n\n")
+    usage_chunk = {**base, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+    events += _chunk(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+    events += _chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    health = {"status": "ok", "node": "bench", "in_flight": 0, "queue_depth": 0,
+              "models": {MODEL: {"state": "loaded", "in_flight": 0, "queue_depth": 0}}, "devices": [],
+              "memory": {"budget_bytes": 1 << 40, "used_bytes": 0, "free_bytes": 1 << 40}}
+    models = {"object": "list", "data": [{"id": MODEL, "object": "model", "state": "loaded", "in_flight": 0,
+                                          "queue_depth": 0, "memory_needed_bytes": 1, "memory_used_bytes": 1}]}
+
+    def resp(body: bytes, ctype: bytes = b"application/json") -> bytes:
+        return (b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n" % (ctype, len(body))) + body
+
+    return {
+        "done": resp(json.dumps(done).encode()),
+        "stream": b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                  + events,
+        "health": resp(json.dumps(health).encode()),
+        "models": resp(json.dumps(models).encode()),
+        "404": b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+    }
+
+
+class _Upstream(asyncio.Protocol):
+    bodies = _upstream_bodies()
+
+    def connection_made(self, transport):  # noqa: ANN001
+        self.t, self.buf = transport, b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end].decode("latin-1")
+            m = re.search(r"(?im)^content-length:\s*(\d+)", head)
+            length = int(m.group(1)) if m else 0
+            if len(self.buf) < head_end + 4 + length:
+                return
+            body = self.buf[head_end + 4: head_end + 4 + length]
+            self.buf = self.buf[head_end + 4 + length:]
+            line = head.split("\r\n", 1)[0]
+            if " /health" in line:
+                self.t.write(self.bodies["health"])
+            elif " /models" in line or " /v1/models" in line:
+                self.t.write(self.bodies["models"])
+            elif "/chat/completions" in line:
+                self.t.write(self.bodies["stream" if b'"stream": true' in body or b'"stream":true' in body
+                                        else "done"])
+            else:
+                self.t.write(self.bodies["404"])
+
+
+def run_upstream(port: int) -> None:
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_Upstream, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    try:
+        import uvloop
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+# ------------------------------------------------------------------------------------- harness
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def body(stream: bool) -> dict:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": CHUNKS,
+            "stream": stream}
+
+
+async def one(client: httpx.AsyncClient, url: str, stream: bool) -> float:
+    t0 = time.perf_counter()
+    if stream:
+        async with client.stream("POST", url, json=body(True)) as r:
+            data = await r.aread()
+        assert r.status_code == 200 and data.rstrip().endswith(b"[DONE]"), data[-200:]
+    else:
+        r = await client.post(url, json=body(False))
+        assert r.status_code == 200, r.text
+    return time.perf_counter() - t0
+
+
+async def measure(base: str, stream: bool, n: int, concurrency: int) -> dict[str, float]:
+    url = base + "/v1/chat/completions"
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers={"Authorization": "Bearer sk-bench"}) as c:
+        for _ in range(20):
+            await one(c, url, stream)  # warm up connections and caches
+        lat = sorted([await one(c, url, stream) for _ in range(n)])
+        total = n * 3
+        sem = asyncio.Semaphore(concurrency)
+
+        async def task() -> None:
+            async with sem:
+                await one(c, url, stream)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(task() for _ in range(total)))
+        rps = total / (time.perf_counter() - t0)
+    return {"p50": statistics.median(lat) * 1e3, "p99": lat[int(0.99 * (len(lat) - 1))] * 1e3, "rps": rps}
+
+
+def start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--litellm", default="/tmp/litellm-venv/bin/litellm", help="litellm CLI ('' to skip)")
+    ap.add_argument("--requests", type=int, default=400, help="sequential requests per latency run")
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--write", action="store_true", help="write the Gateway section of docs/benchmarks.md")
+    ap.add_argument("--_upstream", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._upstream:
+        run_upstream(args._upstream)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        up_port, gw_port, ll_port = free_port(), free_port(), free_port()
+        procs.append(start([sys.executable, __file__, "--_upstream", str(up_port)], tmp / "upstream.log"))
+        upstream = f"http://127.0.0.1:{up_port}"
+        wait_http(upstream + "/health")
+        (tmp / "cortex.toml").write_text(
+            f'[gateway]\nlisten = "127.0.0.1:{gw_port}"\nmetrics_listen = "127.0.0.1:{free_port()}"\n'
+            f'[[neurons]]\nname = "bench"\nendpoint = "{upstream}"\n')
+        procs.append(start([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "cortex.toml"),
+                            "--log-level", "warning"], tmp / "gateway.log"))
+        targets = {"direct (fake upstream)": upstream, "cortex gateway": f"http://127.0.0.1:{gw_port}"}
+        wait_http(targets["cortex gateway"] + "/health")
+        litellm = args.litellm and shutil.which(args.litellm)
+        if litellm:
+            (tmp / "litellm.yaml").write_text(
+                f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
+                f"      api_base: {upstream}/v1\n      api_key: sk-bench\n"
+                "litellm_settings:\n  telemetry: false\n  set_verbose: false\n")
+            procs.append(start([litellm, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port",
+                                str(ll_port), "--num_workers", "1"], tmp / "litellm.log",
+                               {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}))
+            targets["LiteLLM proxy"] = f"http://127.0.0.1:{ll_port}"
+            wait_http(targets["LiteLLM proxy"] + "/health/liveliness", timeout=180)
+        results: dict[str, dict[str, dict[str, float]]] = {}
+        for name, base in targets.items():
+            for stream in (False, True):
+                mode = "stream" if stream else "non-stream"
+                results.setdefault(name, {})[mode] = r = asyncio.run(
+                    measure(base, stream, args.requests, args.concurrency))
+                print(f"{name:24s} {mode:10s} p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
+                      f"{r['rps']:8.0f} req/s", flush=True)
+        table = render(results, args)
+        print(table)
+        if args.write:
+            write_section(table)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def render(results: dict, args: argparse.Namespace) -> str:
+    direct = results["direct (fake upstream)"]
+    cpu = _cpu_name()
+    lines = [
+        "## Gateway",
+        "",
+        f"Card: CPU only, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; upstream, proxies and "
+        "load generator on the same machine (loopback). Date: " + date.today().isoformat() + ".",
+        "",
+        f"Command: `python scripts/bench_gateway.py --requests {args.requests} --concurrency {args.concurrency}"
+        " --write` (LiteLLM from `pip install 'litellm[proxy]'` in its own venv, one worker). Latency: sequential "
+        f"requests to the last byte; added = proxied minus direct. Throughput: {args.concurrency} in flight. "
+        f"Stream = {CHUNKS} content chunks + finish + usage + [DONE].",
+        "",
+        "| target | mode | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, modes in results.items():
+        for mode, r in modes.items():
+            added = ("-", "-") if name.startswith("direct") else (
+                f"{r['p50'] - direct[mode]['p50']:.2f}", f"{r['p99'] - direct[mode]['p99']:.2f}")
+            lines.append(f"| {name} | {mode} | {r['p50']:.2f} | {r['p99']:.2f} | {added[0]} | {added[1]} | "
+                         f"{r['rps']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def write_section(section: str) -> None:
+    path = REPO / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## Gateway\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
