@@ -90,6 +90,30 @@ CONV1D = Transform(
 )
 
 
+
+def permuted(base: Transform, axis: int, perm: np.ndarray, name: str | None = None) -> Transform:
+    """``base`` followed by a reordering of the param's dimension ``axis``: param index ``i`` along it holds
+    ``base``'s output index ``perm[i]``.
+
+    The callback still reads only the rows a shard needs: a param slice becomes an integer index array into
+    the file (numpy fancy indexing on the memmap copies just those rows). Used to store channels in an order
+    that shards contiguously (the Gated DeltaNet q|k|v stripes, docs/sharding.md).
+    """
+    perm = np.asarray(perm, np.int64)
+
+    def out_shape(s: tuple[int, ...]) -> tuple[int, ...]:
+        shape = base.out_shape(s)
+        if len(shape) <= axis or shape[axis] != len(perm):
+            return ("bad-permutation", *shape)
+        return shape
+
+    def src_index(i: Index) -> tuple[Any, ...]:
+        i = list(i)
+        i[axis] = perm[i[axis]]
+        return base.src_index(tuple(i))
+
+    return Transform(name or f"{base.name}+permute{axis}", out_shape, src_index, base.apply)
+
 @dataclass(frozen=True)
 class Rule:
     """``pattern`` (full match on the checkpoint key) → ``target`` (``re.sub`` template on the key).
@@ -136,14 +160,10 @@ def read_header(file: Path) -> dict[str, TensorInfo]:
         with open(file, "rb") as f:
             raw_len = f.read(8)
             if len(raw_len) != 8:
-                raise CheckpointError(
-                    f"{file}: corrupt safetensors file (shorter than the 8-byte header length)"
-                )
+                raise CheckpointError(f"{file}: corrupt safetensors file (shorter than the 8-byte header length)")
             n = int.from_bytes(raw_len, "little")
             if n <= 0 or 8 + n > size:
-                raise CheckpointError(
-                    f"{file}: corrupt safetensors file (header length {n} exceeds file size {size})"
-                )
+                raise CheckpointError(f"{file}: corrupt safetensors file (header length {n} exceeds file size {size})")
             header = json.loads(f.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{file}: corrupt safetensors file ({e})") from e
@@ -191,9 +211,7 @@ def list_tensors(ckpt_dir: str | Path) -> dict[str, TensorInfo]:
             if not f.is_file():
                 raise CheckpointError(f"{index}: shard {fname} is listed but missing")
             tensors.update(read_header(f))
-        listed_missing = [
-            k for k, fname in weight_map.items() if k not in tensors or tensors[k].file.name != fname
-        ]
+        listed_missing = [k for k, fname in weight_map.items() if k not in tensors or tensors[k].file.name != fname]
         if listed_missing:
             raise CheckpointError(f"{index}: keys listed but not in their shard: {listed_missing[:10]}")
         return tensors
@@ -310,9 +328,7 @@ def load_state(
         target = _path_str(path)
         key = filled[target]
         info, tf = tensors[key], mapped[key][1]
-        want_dtype = np.dtype(
-            dtype if dtype is not None and jnp.issubdtype(var.dtype, jnp.floating) else var.dtype
-        )
+        want_dtype = np.dtype(dtype if dtype is not None and jnp.issubdtype(var.dtype, jnp.floating) else var.dtype)
         src = mmaps.view(info)
 
         def cb(index: Index, src=src, tf=tf, want_dtype=want_dtype, shape=tuple(var.shape)) -> np.ndarray:
@@ -331,8 +347,6 @@ def load_state(
 
 
 def _flat_shardings(shardings: Any):
-    leaves = jax.tree_util.tree_leaves_with_path(
-        shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
-    )
+    leaves = jax.tree_util.tree_leaves_with_path(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
     for p, s in leaves:
         yield tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in p), s

@@ -1,9 +1,9 @@
 """Multi-process (multi-host) JAX: start the runtime and build one mesh over every process's devices.
 
-JAX's multi-controller model: every process runs the *same* program; ``jax.devices()`` lists the devices of all
-processes, ``jax.local_devices()`` this process's. A ``jax.Array`` on a global mesh holds only this process's
-shards (``addressable_shards``); the checkpoint loader's ``make_array_from_callback`` therefore reads only the
-slices this process's devices hold, so no host ever holds the whole model.
+JAX's multi-controller model: every process runs the *same* program; ``jax.devices()`` lists the devices of
+all processes, ``jax.local_devices()`` this process's. A ``jax.Array`` on a global mesh holds only this
+process's shards (``addressable_shards``); the checkpoint loader's ``make_array_from_callback`` therefore
+reads only the slices this process's devices hold, so no host ever holds the whole model.
 
 Usage (every process, before any other JAX call)::
 
@@ -54,7 +54,7 @@ def initialize(
     cpu_collectives: str = "gloo",
     initialization_timeout_s: int = 300,
 ) -> ProcessInfo:
-    """Join the multi-process JAX runtime (``jax.distributed.initialize``); call once, before any other JAX use.
+    """Join the multi-process JAX runtime (``jax.distributed.initialize``); call once, before other JAX use.
 
     ``coordinator``: ``host:port`` of process 0's coordination service (every process passes the same value).
     ``local_device_ids``: restrict this process to some local accelerators (e.g. one process per GPU).
@@ -104,8 +104,9 @@ def global_mesh(dp: int, tp: int) -> Mesh:
     """
     devs = global_devices()
     if dp * tp != len(devs):
-        raise ValueError(f"mesh dp={dp} × tp={tp} must cover all {len(devs)} devices of {jax.process_count()} "
-                         "processes")
+        raise ValueError(
+            f"mesh dp={dp} × tp={tp} must cover all {len(devs)} devices of {jax.process_count()} processes"
+        )
     return make_mesh(dp, tp, devices=devs)
 
 

@@ -32,7 +32,6 @@ from cortex_jax.engine.api import (
     Usage,
 )
 from cortex_jax.engine.engine import Engine, EngineConfig
-from cortex_jax.engine.runner import runner_for_model
 
 Prompt = str | Sequence[int] | Sequence[Mapping[str, Any]]
 
@@ -65,10 +64,9 @@ def load(model: str | Path = "qwen3.6-tiny", *, max_slots: int = 4, max_context:
     mesh = make_mesh(1, tensor_parallel)
     graphdef, state, cfg = load_model(path, dtype=dtype, mesh=mesh, ignore_prefixes=("model.visual.",))
     tokenizer = Tokenizer.from_dir(path)
-    runner = runner_for_model(graphdef, state, cfg, num_slots=max_slots, max_context=max_context,
-                              cache_dtype=dtype, mesh=mesh, prefill_buckets=prefill_buckets)
-    eos = tuple(sorted(set(tokenizer.eos_token_ids) | set(cfg.text.eos_token_ids)))
-    engine = Engine(runner, tokenizer, EngineConfig(max_queue=max_queue, warmup=warmup), eos_token_ids=eos)
+    config = EngineConfig(max_slots=max_slots, max_context=max_context, max_queue=max_queue,
+                          prefill_buckets=prefill_buckets, warmup=warmup)
+    engine = Engine.from_model(graphdef, state, cfg, tokenizer, config, mesh=mesh, cache_dtype=dtype)
     return Generator(engine=engine, tokenizer=tokenizer, cfg=cfg, state=state, mesh=mesh, path=path)
 
 

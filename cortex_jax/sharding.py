@@ -3,8 +3,8 @@ activation constraints and a replication guard.
 
 Modules never name mesh axes. They tag every parameter, cache and activation dimension with a *logical* axis
 (``"embed"``, ``"heads"``, ...) through :func:`param` and :class:`Sharder`; :class:`AxisRules` decides which
-mesh axis (``"dp"``/``"tp"``) each logical axis maps to, and :func:`rules_for` fits that table to a model's head
-counts and a mesh (docs/sharding.md has the full table and the decisions behind it).
+mesh axis (``"dp"``/``"tp"``) each logical axis maps to, and :func:`rules_for` fits that table to a model's
+head counts and a mesh (docs/sharding.md has the full table and the decisions behind it).
 
 Logical axes used by the Qwen3.6 model:
 
@@ -28,12 +28,13 @@ head_dim       —      per-head feature dims
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -142,14 +143,117 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: AxisRules) -> Any:
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def assert_sharded(state: Any, min_bytes: int = 1 << 20) -> None:
-    """Fail loudly if a parameter of at least ``min_bytes`` is fully replicated on a multi-device mesh."""
-    offenders = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
-        if not isinstance(leaf, jax.Array) or leaf.nbytes < min_bytes:
+def _mesh_size(mesh: Any, axes: MeshAxes) -> int:
+    names = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+    return int(np.prod([mesh.shape[n] for n in names])) if names else 1
+
+
+# Logical axes that may fall back to replication when the mesh does not divide them (by design: the 27B has 4
+# KV heads, so tp = 8 keeps every KV head on every device); any other misfit is a configuration error.
+REPLICABLE: tuple[str, ...] = ("kv_heads",)
+
+
+def fit_rules(
+    rules: AxisRules, mesh: Any, sizes: Mapping[str, int], replicable: Sequence[str] = REPLICABLE
+) -> AxisRules:
+    """``rules`` fitted to a model's *unit counts* on ``mesh``.
+
+    ``sizes`` maps a logical axis to the number of indivisible units along it (heads, key-head groups, FFN
+    columns, vocab rows); a shard must hold whole units. When the mesh axes of a logical axis do not divide
+    its unit count, an axis listed in ``replicable`` is replicated (set to None); any other raises
+    ``ValueError`` naming the constraint (e.g. tp = 3 with 16 GDN key heads).
+    """
+    changes, errors = {}, []
+    for name, units in sizes.items():
+        axes = getattr(rules, name)
+        n = _mesh_size(mesh, axes)
+        if n == 1 or units % n == 0:
             continue
-        sh = leaf.sharding
-        if len(sh.device_set) > 1 and sh.is_fully_replicated:
-            offenders.append(f"{jax.tree_util.keystr(path)} {leaf.shape} {leaf.dtype} ({leaf.nbytes} B)")
+        if name in replicable:
+            changes[name] = None
+        else:
+            errors.append(f"{name}: {units} units do not split over mesh axes {axes} of size {n}")
+    if errors:
+        raise ValueError("mesh does not fit the model: " + "; ".join(errors))
+    return rules.replace(**changes) if changes else rules
+
+
+def axis_sizes(text_cfg: Any) -> dict[str, int]:
+    """Unit counts per logical axis of a Qwen3.6-style text config (duck-typed: any config with these fields).
+
+    GDN channels and value heads count *key-head groups* (Hk): a shard must keep each key head together with
+    its Hv/Hk value heads, so tp must divide Hk.
+    """
+    return {
+        "heads": text_cfg.num_attention_heads,
+        "kv_heads": text_cfg.num_key_value_heads,
+        "ffn": text_cfg.intermediate_size,
+        "vocab": text_cfg.vocab_size,
+        "gdn_conv": text_cfg.linear_num_key_heads,
+        "gdn_v_heads": text_cfg.linear_num_key_heads,
+    }
+
+
+def rules_for(text_cfg: Any, mesh: Any, base: AxisRules | None = None) -> AxisRules:
+    """The rules table (``base``, default :class:`AxisRules`) fitted to ``text_cfg``'s head counts on
+    ``mesh``: KV heads replicated when tp does not divide Hkv; a mesh that splits a query head, a GDN key-head
+    group, an FFN column or a vocab row raises."""
+    return fit_rules(base or AxisRules(), mesh, axis_sizes(text_cfg))
+
+
+@dataclass(frozen=True)
+class Sharder:
+    """Activation sharding constraints from the same rules table: ``x = shard(x, ("batch", None, "heads",
+    None))``.
+
+    ``mesh=None`` uses the mesh set by ``jax.set_mesh`` if any. Without a mesh, or on a 1-device mesh, it is
+    the identity, so single-device code pays nothing. A mesh axis that does not divide its dimension (batch 1
+    on dp = 2) is dropped for that array. Modules hold one as a static attribute (hashable: it is part of the
+    graphdef).
+    """
+
+    rules: AxisRules = AxisRules()
+    mesh: Mesh | None = None
+
+    def __call__(self, x: jax.Array, axes: Axes) -> jax.Array:
+        if len(axes) != x.ndim:
+            raise ValueError(f"activation of shape {x.shape} got {len(axes)} logical axes {axes}")
+        mesh = self.mesh
+        if mesh is None:
+            mesh = jax.sharding.get_abstract_mesh()
+            if mesh.empty or mesh.size == 1:
+                return x
+            return jax.lax.with_sharding_constraint(x, fit_to_mesh(x.shape, spec(axes, self.rules), mesh))
+        if mesh.size == 1:
+            return x
+        return jax.lax.with_sharding_constraint(
+            x, NamedSharding(mesh, fit_to_mesh(x.shape, spec(axes, self.rules), mesh))
+        )
+
+
+def assert_sharded(state: Any, min_bytes: int = 1 << 20, rules: AxisRules | None = None) -> None:
+    """Fail loudly if a parameter of at least ``min_bytes`` is fully replicated on a multi-device mesh.
+
+    With ``rules``, a parameter whose logical axes all map to None under them (a deliberate replication
+    recorded in the table, e.g. k_proj when tp > Hkv) is allowed; one the table says to shard but that ended
+    up replicated (a mesh axis dropped because it did not divide the dimension), or one without logical axes,
+    is not. ``state`` may be an ``nnx.State`` (Variables carry their logical axes) or any pytree of arrays.
+    """
+    offenders = []
+    if isinstance(state, nnx.State):
+        items = [(".".join(map(str, p)), v) for p, v in nnx.to_flat_state(state)]
+    else:
+        items = [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_leaves_with_path(state)]
+    for name, leaf in items:
+        axes = logical_axes(leaf)
+        arr = leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf
+        if not isinstance(arr, jax.Array) or arr.nbytes < min_bytes:
+            continue
+        sh = arr.sharding
+        if len(sh.device_set) <= 1 or not sh.is_fully_replicated:
+            continue
+        if rules is not None and axes is not None and not any(jax.tree.leaves(list(spec(axes, rules)))):
+            continue  # replicated on purpose by the rules table
+        offenders.append(f"{name} {arr.shape} {arr.dtype} ({arr.nbytes} B) logical axes {axes}")
     if offenders:
         raise AssertionError("large parameters replicated on every device:\n  " + "\n  ".join(offenders))

@@ -122,10 +122,35 @@ def decode_bytes(cfg: Any, batch: int, ctx: int, weight_bytes: int) -> float:
     return weight_bytes + batch * (kv + gdn)
 
 
+def bench_prefill(cfg, state, prefill, t: int, chunk: int, dtype, body: int, rng, reps: int) -> dict:
+    """Batch-1 prefill of ``t`` tokens in pieces of ``chunk`` (one piece when chunk == t)."""
+    cache = init_cache(cfg.text, 1, t, dtype)
+    tokens = jnp.asarray(rng.integers(0, 1000, (1, t)), jnp.int32)
+    valid = jnp.ones((1, chunk), bool)
+    box = {"cache": cache}
+
+    def run():
+        c = dataclasses.replace(box["cache"], lengths=jnp.zeros((1,), jnp.int32))
+        for s in range(0, t, chunk):
+            pos = text_positions(c.lengths, valid)
+            logits, c = prefill(state, c, tokens[:, s:s + chunk], pos, valid)
+        box["cache"] = c
+        logits.block_until_ready()
+
+    sec = timed(run, reps=reps)
+    flops = prefill_flops(cfg, t, body)
+    row = {"tokens": t, "chunk": chunk, "seconds": sec, "tok_per_s": t / sec, "tflops": flops / sec / 1e12,
+           "mfu": flops / sec / PEAK_BF16_FLOPS}
+    print(f"prefill {t:6d} (chunk {chunk}): {sec * 1e3:9.1f} ms  {t / sec:9.0f} tok/s  MFU {row['mfu']:.3f}",
+          flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny config for a CPU smoke run")
     ap.add_argument("--prefill", default="512,2048,8192")
+    ap.add_argument("--prefill-chunk", type=int, default=2048, help="fallback chunk when a one-shot prefill fails")
     ap.add_argument("--decode-batches", default="1,8,32,64")
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--decode-steps", type=int, default=20)
@@ -159,24 +184,15 @@ def main() -> None:
     res["prefill"] = []
     for t in [int(x) for x in args.prefill.split(",") if x]:
         t = min(t, 256) if args.small else t
-        cache = init_cache(cfg.text, 1, t, dtype)
-        tokens = jnp.asarray(rng.integers(0, 1000, (1, t)), jnp.int32)
-        valid = jnp.ones((1, t), bool)
-        pos = text_positions(jnp.zeros((1,), jnp.int32), valid)
-        box = {"cache": cache}
-
-        def run(tokens=tokens, valid=valid, pos=pos, box=box):
-            c = dataclasses.replace(box["cache"], lengths=jnp.zeros((1,), jnp.int32))
-            logits, box["cache"] = prefill(state, c, tokens, pos, valid)
-            logits.block_until_ready()
-
-        sec = timed(run, reps=3 if args.small else 5)
-        flops = prefill_flops(cfg, t, body)
-        row = {"tokens": t, "seconds": sec, "tok_per_s": t / sec, "tflops": flops / sec / 1e12,
-               "mfu": flops / sec / PEAK_BF16_FLOPS}
-        res["prefill"].append(row)
-        print(f"prefill {t:6d}: {sec * 1e3:9.1f} ms  {t / sec:9.0f} tok/s  MFU {row['mfu']:.3f}", flush=True)
-        del box
+        for chunk in dict.fromkeys((t, args.prefill_chunk)):
+            if chunk > t or (chunk != t and res["prefill"] and "error" not in res["prefill"][-1]):
+                continue  # the chunked variant only runs when the one-shot prefill failed
+            try:
+                row = bench_prefill(cfg, state, prefill, t, chunk, dtype, body, rng, reps=3 if args.small else 5)
+            except Exception as e:  # e.g. out of device memory: record it and try the chunked variant
+                row = {"tokens": t, "chunk": chunk, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                print(f"prefill {t} (chunk {chunk}): FAILED {row['error']}", flush=True)
+            res["prefill"].append(row)
 
     res["decode"] = []
     ctx = min(args.context, 128) if args.small else args.context
@@ -216,7 +232,11 @@ def main() -> None:
     print("\n| measure | value |\n|---|---|")
     print(f"| copy bandwidth | {bw / 1e12:.2f} TB/s |")
     for r in res["prefill"]:
-        print(f"| prefill {r['tokens']} tok | {r['tok_per_s']:.0f} tok/s, MFU {r['mfu']:.2f} |")
+        what = f"prefill {r['tokens']} tok" + (f" (chunks of {r['chunk']})" if r["chunk"] != r["tokens"] else "")
+        if "error" in r:
+            print(f"| {what} | {r['error'][:60]} |")
+        else:
+            print(f"| {what} | {r['tok_per_s']:.0f} tok/s, MFU {r['mfu']:.2f} |")
     for r in res["decode"]:
         if "error" in r:
             print(f"| decode batch {r['batch']} | {r['error'][:60]} |")

@@ -178,17 +178,17 @@ class ModelLoader:
 
     @staticmethod
     def capabilities(path: Path, cfg: Any) -> Capabilities:
+        """From the checkpoint: vision when it has a vision tower *and* the engine can take images; tools and
+        reasoning when its chat template renders them."""
+        from serving.engine_factory import VISION_WIRED
+
         template = ""
-        for name in ("chat_template.jinja",):
-            if (path / name).is_file():
-                template = (path / name).read_text()
-        if not template and (path / "tokenizer_config.json").is_file():
+        if (path / "chat_template.jinja").is_file():
+            template = (path / "chat_template.jinja").read_text()
+        elif (path / "tokenizer_config.json").is_file():
             template = str(json.loads((path / "tokenizer_config.json").read_text()).get("chat_template", ""))
-        return Capabilities(
-            vision=cfg.vision is not None,
-            tools="tool_call" in template or not template,
-            reasoning="<think>" in template or not template,
-        )
+        return Capabilities(vision=cfg.vision is not None and VISION_WIRED, tools="tool_call" in template,
+                            reasoning="<think>" in template)
 
     def load(self, model_id: str, path: Path, tp: int, progress: Progress) -> LoadedModel:
         from serving.engine_factory import build

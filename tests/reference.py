@@ -70,8 +70,7 @@ def tiny_text_config_dict(*, value_heads_per_key: int = 2, **overrides: Any) -> 
     if "layer_types" not in d:
         interval = d.pop("full_attention_interval", 4)
         d["layer_types"] = [
-            "full_attention" if (i + 1) % interval == 0 else "linear_attention"
-            for i in range(d["num_hidden_layers"])
+            "full_attention" if (i + 1) % interval == 0 else "linear_attention" for i in range(d["num_hidden_layers"])
         ]
     d["model_type"] = "qwen3_5_text"
     return d

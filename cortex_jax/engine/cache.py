@@ -6,7 +6,8 @@ Shape letters: B rows (slots), S max cached tokens, Hkv KV heads, hd head dim, K
 
 * ``AttnCache(k, v)``: ``[B, S, Hkv, hd]`` each, model dtype, post-k_norm and post-RoPE. Entries at
   index ≥ ``lengths[b]`` are stale and never read.
-* ``GdnCache(conv, recurrent)``: ``conv [B, K-1, C]`` the last K−1 *raw* ``in_proj_qkv`` outputs (model
+* ``GdnCache(conv, recurrent)``: ``conv [B, K-1, C]`` the last K−1 *raw* ``in_proj_qkv`` outputs, channels in
+  the model's key-head-group order (docs/sharding.md) (model
   dtype), ``recurrent [B, Hv, dk, dv]`` float32 (pitfall 13).
 * ``HybridCache(layers, lengths)``: one entry per decoder layer in ``layer_kinds`` order; ``lengths [B]
   int32``.
@@ -26,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from cortex_jax.mesh import make_mesh
 from cortex_jax.pytree import pytree_dataclass
-from cortex_jax.sharding import AxisRules, fit_to_mesh, spec
+from cortex_jax.sharding import AxisRules, fit_to_mesh, rules_for, spec
 
 Array = jax.Array
 
@@ -102,18 +103,15 @@ def cache_bytes(cfg_text: Any, batch: int, max_len: int, dtype: Any) -> int:
 def cache_shardings(cfg_text: Any, batch: int, max_len: int, mesh: Mesh, rules: AxisRules | None = None):
     """A HybridCache-shaped pytree of NamedShardings (batch → dp, KV heads / GDN channels+heads → tp).
 
-    A mesh axis that does not divide its dimension is dropped for that array (replicated).
+    ``rules``: default ``rules_for(cfg_text, mesh)``, the same fitted table ``load_model`` gives the model (KV
+    replicated when tp does not divide Hkv). A mesh axis that does not divide its dimension (e.g. 3 slots on
+    dp = 2) is dropped for that array (replicated).
     """
-    rules = rules or AxisRules()
+    rules = rules or rules_for(cfg_text, mesh)
     layers = []
     for cls, fields in _layer_shapes(cfg_text, batch, max_len, jnp.float32):
         layers.append(
-            cls(
-                **{
-                    n: NamedSharding(mesh, fit_to_mesh(s, spec(ax, rules), mesh))
-                    for n, (s, _, ax) in fields.items()
-                }
-            )
+            cls(**{n: NamedSharding(mesh, fit_to_mesh(s, spec(ax, rules), mesh)) for n, (s, _, ax) in fields.items()})
         )
     lengths = NamedSharding(mesh, fit_to_mesh((batch,), spec(("batch",), rules), mesh))
     return HybridCache(layers=tuple(layers), lengths=lengths)

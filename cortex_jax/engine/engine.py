@@ -10,7 +10,6 @@ while the device works, so the event loop keeps serving during a step.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import random
@@ -20,17 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cortex_jax.engine.admission import PreparedPrompt, default_detokenizer, make_sequence
 from cortex_jax.engine.api import (
     EngineClosedError,
     EngineFailedError,
     EngineStats,
     GenerationRequest,
     InvalidRequestError,
-    PromptTooLongError,
     QueueFullError,
 )
-from cortex_jax.engine.outputs import DecodeDiffDetokenizer, OutputState, TokenText
-from cortex_jax.engine.runner import Runner
+from cortex_jax.engine.outputs import OutputState, TokenText
+from cortex_jax.engine.runner import Runner, runner_for_model
 from cortex_jax.engine.scheduler import Scheduler, Sequence, Status
 from cortex_jax.engine.streams import AsyncSink, RequestStream, SyncSink, deliver
 from cortex_jax.kernels.sampling import MAX_TOP_LOGPROBS
@@ -40,9 +39,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """``max_slots``/``max_context`` size the pool (``Engine.from_model``) or must match the runner's (None =
-    take the runner's). ``prefill_token_budget`` is the prompt tokens prefilled per iteration (default: one
-    chunk = the largest prefill bucket)."""
+    """``max_slots``/``max_context``/``prefill_buckets`` size the pool in ``Engine.from_model`` (defaults 8
+    and min(4096, the model's max positions)); with a prebuilt runner, None takes the runner's.
+    ``prefill_token_budget``: prompt tokens prefilled per iteration (default: one chunk = the largest
+    bucket)."""
 
     max_slots: int | None = None
     max_queue: int = 64
@@ -51,16 +51,6 @@ class EngineConfig:
     prefill_token_budget: int | None = None
     seed: int = 0  # draws the seeds of requests that set none
     warmup: bool = False  # compile every prefill bucket and the decode step before serving
-
-
-@dataclass(frozen=True)
-class PreparedPrompt:
-    """What the multimodal hook returns for a request with images: mRoPE ``positions [3, L]`` int32, the
-    spliced ``input_embeds [L, D]`` (device array, model dtype) and the decode ``rope_delta``."""
-
-    positions: Any
-    input_embeds: Any
-    rope_delta: int = 0
 
 
 class Engine:
@@ -86,7 +76,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.max_context = config.max_context or runner.max_context
-        self._detok = detokenizer or _default_detokenizer(tokenizer)
+        self._detok = detokenizer or default_detokenizer(tokenizer)
         self._prepare = prepare
         eos = eos_token_ids if eos_token_ids is not None else getattr(tokenizer, "eos_token_ids", ())
         self._eos = frozenset(int(t) for t in eos)
@@ -108,6 +98,20 @@ class Engine:
             self.warmup()
         self._thread = threading.Thread(target=self._run, name="cortex-engine", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_model(cls, graphdef: Any, state: Any, cfg: Any, tokenizer: Any, config: EngineConfig = EngineConfig(),
+                   *, mesh: Any = None, rules: Any = None, cache_dtype: Any = None,
+                   prepare: Callable[[GenerationRequest], PreparedPrompt] | None = None) -> Engine:
+        """Allocate the slot pool for an ``nnx`` model split into ``(graphdef, state)`` and start an engine.
+        EOS ids are the tokenizer's plus the config's. ``cache_dtype`` default: the params' float dtype."""
+        slots = config.max_slots or 8
+        context = config.max_context or min(4096, cfg.text.max_position_embeddings)
+        runner = runner_for_model(graphdef, state, cfg, num_slots=slots, max_context=context,
+                                  cache_dtype=cache_dtype, mesh=mesh, rules=rules,
+                                  prefill_buckets=config.prefill_buckets)
+        eos = set(getattr(tokenizer, "eos_token_ids", ())) | set(cfg.text.eos_token_ids)
+        return cls(runner, tokenizer, config, prepare=prepare, eos_token_ids=tuple(sorted(eos)))
 
     # ---- public API -----------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> RequestStream:
@@ -157,7 +161,9 @@ class Engine:
 
     # ---- submission (caller threads) ------------------------------------------------------------
     def _submit(self, request: GenerationRequest, sink) -> RequestStream:
-        seq = self._make_sequence(request)
+        seq = make_sequence(request, next(self._ids), vocab_size=self.runner.vocab_size,
+                            max_context=self.max_context, has_vision=self._prepare is not None, rng=self._rng)
+        seq.out = OutputState(seq, self._detok(seq.prompt), self._eos, self._token_text)
         seq.sink = sink
         with self._cv:
             if self._closing:
@@ -170,23 +176,6 @@ class Engine:
             self._inbox.append(seq)
             self._cv.notify()
         return RequestStream(seq.request.request_id, sink, lambda: self._cancel(seq))
-
-    def _make_sequence(self, request: GenerationRequest) -> Sequence:
-        p, prompt = request.sampling, [int(t) for t in request.prompt_ids]
-        _validate(request, self.runner.vocab_size)
-        if request.images and self._prepare is None:
-            raise InvalidRequestError("images: this model has no vision input")
-        if len(prompt) + 1 > self.max_context:
-            raise PromptTooLongError(f"prompt has {len(prompt)} tokens; the context limit is "
-                                     f"{self.max_context} (prompt + at least one generated token)")
-        seq_id = next(self._ids)
-        if not request.request_id:
-            request = dataclasses.replace(request, request_id=f"req-{seq_id}")
-        seed = p.seed if p.seed is not None else self._rng.getrandbits(32)
-        seq = Sequence(id=seq_id, request=request, prompt=prompt, seed=seed,
-                       max_new=min(p.max_tokens, self.max_context - len(prompt)))
-        seq.out = OutputState(seq, self._detok(prompt), self._eos, self._token_text)
-        return seq
 
     def _cancel(self, seq: Sequence) -> None:
         with self._cv:
@@ -320,32 +309,3 @@ def _arange3(n: int):
     import numpy as np
 
     return np.broadcast_to(np.arange(n, dtype=np.int32), (3, n))
-
-
-def _validate(request: GenerationRequest, vocab_size: int) -> None:
-    p = request.sampling
-    checks = [
-        (len(request.prompt_ids) > 0, "prompt_ids: empty prompt"),
-        (all(0 <= int(t) < vocab_size for t in request.prompt_ids),
-         f"prompt_ids: ids must be in [0, {vocab_size})"),
-        (p.max_tokens >= 1, "max_tokens: must be >= 1"),
-        (p.temperature >= 0, "temperature: must be >= 0"),
-        (0 < p.top_p <= 1, "top_p: must be in (0, 1]"),
-        (p.top_k >= 0, "top_k: must be >= 0"),
-        (0 <= p.min_p <= 1, "min_p: must be in [0, 1]"),
-        (p.repetition_penalty > 0, "repetition_penalty: must be > 0"),
-        (0 <= p.top_logprobs <= MAX_TOP_LOGPROBS, f"top_logprobs: must be in [0, {MAX_TOP_LOGPROBS}]"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise InvalidRequestError(msg)
-
-
-def _default_detokenizer(tokenizer) -> Callable[[list[int]], Any]:
-    if hasattr(tokenizer, "is_byte_level"):  # our Tokenizer: its incremental detokenizer, prompt as context
-        from cortex_jax.engine.detokenize import IncrementalDetokenizer
-
-        # Special tokens (<|im_end|>, vision markers) are control, not text, as in vLLM; reasoning and
-        # tool-call markers are added-but-not-special in Qwen3.6 and stay visible for the parsers.
-        return lambda prompt: IncrementalDetokenizer(tokenizer, prompt, skip_special_tokens=True)
-    return lambda prompt: DecodeDiffDetokenizer(tokenizer)

@@ -106,9 +106,7 @@ def make_prefill_step(graphdef: nnx.GraphDef):
         input_embeds: Array | None = None,
     ) -> tuple[Array, Any]:
         place = _placer(cache)
-        return prefill(
-            state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0)
-        )
+        return prefill(state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0))
 
     return prefill_step
 
@@ -146,8 +144,6 @@ def make_forward_step(graphdef: nnx.GraphDef):
         input_embeds: Array | None = None,
     ) -> tuple[Array, Any]:
         place = _placer(cache)
-        return forward(
-            state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0)
-        )
+        return forward(state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0))
 
     return forward_step

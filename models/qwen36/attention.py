@@ -8,8 +8,8 @@ Math::
     qg = q_proj(x).reshape(B, T, H, 2·hd);  q, gate = qg[..., :hd], qg[..., hd:]   # per-head [q_h | gate_h]
     q = RMSNorm1p(q, q_norm);  k = RMSNorm1p(k_proj(x).reshape(B, T, Hkv, hd), k_norm);  v = v_proj(x)...
     q, k = partial interleaved mRoPE(q, k)     # first R dims, rotate-half
-    cache.k[b, i], cache.v[b, i] = k, v        # i = lengths[b] + (index of the token among the row's valid
-    ones) o = softmax(q·kᵀ/√hd, keys 0..i of the row) · v        # GQA: head h reads kv head h // (H/Hkv)
+    cache.k[b, i], cache.v[b, i] = k, v        # i = lengths[b] + rank of the token among the row's valid ones
+    o = softmax(q·kᵀ/√hd, keys 0..i of the row) · v      # GQA: head h reads kv head h // (H/Hkv)
     out = o_proj(o.reshape(B, T, H·hd) · sigmoid(gate))
 
 Checkpoint tensors (prefix ``…layers.{i}.self_attn.``): ``q_proj.weight [2·H·hd, D]``, ``k_proj.weight`` /
@@ -19,12 +19,12 @@ Checkpoint tensors (prefix ``…layers.{i}.self_attn.``): ``q_proj.weight [2·H�
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from cortex_jax.engine.cache import AttnCache
 from cortex_jax.kernels.attention import cached_attention
 from cortex_jax.kernels.rope import apply_partial_rope
+from cortex_jax.sharding import Sharder
 from models.qwen36.config import TextConfig
 from models.qwen36.layers import DType, Linear, RMSNorm1p
 
@@ -32,7 +32,16 @@ Array = jax.Array
 
 
 class Qwen36Attention(nnx.Module):
-    def __init__(self, cfg: TextConfig, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None):
+    def __init__(
+        self,
+        cfg: TextConfig,
+        *,
+        dtype: DType,
+        param_dtype: DType,
+        rngs: nnx.Rngs | None,
+        shard: Sharder | None = None,
+    ):
+        self.shard = shard or Sharder()
         d, h, hkv, hd = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, hd
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -58,20 +67,28 @@ class Qwen36Attention(nnx.Module):
         ``[B,T,D]``."""
         b, t, _ = x.shape
         h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
+        shard = self.shard
+        heads, kv_heads = ("batch", None, "heads", None), ("batch", None, "kv_heads", None)
         with jax.named_scope("qkv_proj"):
-            qg = self.q_proj(x).reshape(b, t, h, 2 * hd)
+            # q_proj columns are per head [q_h | gate_h]: a split by heads keeps each head's gate with it
+            qg = shard(self.q_proj(x).reshape(b, t, h, 2 * hd), heads)
             q, gate = qg[..., :hd], qg[..., hd:]
             q = self.q_norm(q)
-            k = self.k_norm(self.k_proj(x).reshape(b, t, hkv, hd))
-            v = self.v_proj(x).reshape(b, t, hkv, hd)
+            k = self.k_norm(shard(self.k_proj(x).reshape(b, t, hkv, hd), kv_heads))
+            v = shard(self.v_proj(x).reshape(b, t, hkv, hd), kv_heads)
             q = apply_partial_rope(q, cos, sin)
             k = apply_partial_rope(k, cos, sin)
         with jax.named_scope("kv_write"):
-            rows = jnp.broadcast_to(jnp.arange(b)[:, None], (b, t))
-            k_cache = cache.k.at[rows, write_idx].set(k.astype(cache.k.dtype), mode="drop")
-            v_cache = cache.v.at[rows, write_idx].set(v.astype(cache.v.dtype), mode="drop")
-        o = cached_attention(q, k_cache, v_cache, q_index, kv_len)  # [B,T,H,hd]
+            # per-row scatter under vmap: the batch becomes a scatter batching dim, which GSPMD partitions
+            # over dp without gathering the new keys (an explicit row-index scatter all-gathers them)
+            def write(c: Array, idx: Array, new: Array) -> Array:
+                return c.at[idx].set(new.astype(c.dtype), mode="drop")
+
+            k_cache = jax.vmap(write)(cache.k, write_idx, k)
+            v_cache = jax.vmap(write)(cache.v, write_idx, v)
+            k_cache, v_cache = shard(k_cache, kv_heads), shard(v_cache, kv_heads)
+        o = shard(cached_attention(q, k_cache, v_cache, q_index, kv_len), heads)  # [B,T,H,hd]
         with jax.named_scope("gate_o_proj"):
             o = o.reshape(b, t, h * hd) * jax.nn.sigmoid(gate.reshape(b, t, h * hd))
-            out = self.o_proj(o)
+            out = shard(self.o_proj(o), ("batch", None, "embed"))
         return out, AttnCache(k=k_cache, v=v_cache)

@@ -184,9 +184,7 @@ def _parse_text(d: Mapping[str, Any], top: Mapping[str, Any]) -> TextConfig:
             )
     else:
         interval = int(d.get("full_attention_interval", 4))
-        kinds = tuple(
-            LayerKind.FULL if (i + 1) % interval == 0 else LayerKind.LINEAR for i in range(n_layers)
-        )
+        kinds = tuple(LayerKind.FULL if (i + 1) % interval == 0 else LayerKind.LINEAR for i in range(n_layers))
 
     rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -198,8 +196,7 @@ def _parse_text(d: Mapping[str, Any], top: Mapping[str, Any]) -> TextConfig:
     if len(section) != 3:
         raise ConfigError(f"config.json: {where}rope_parameters.mrope_section must have 3 entries")
 
-    head_dim = int(d.get("head_dim") or _require(d, "hidden_size", where) // _require(
-        d, "num_attention_heads", where))
+    head_dim = int(d.get("head_dim") or _require(d, "hidden_size", where) // _require(d, "num_attention_heads", where))
     eos = d.get("eos_token_id", top.get("eos_token_id"))
     eos_ids = tuple(eos) if isinstance(eos, list | tuple) else (() if eos is None else (int(eos),))
     return TextConfig(

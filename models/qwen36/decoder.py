@@ -4,8 +4,8 @@ Shape letters: B batch, T new tokens, S cache length, D model width, V vocab, R 
 
 Per layer (reference §3.1)::
 
-    h = x + mixer(RMSNorm1p(x, input_layernorm))        # mixer = GatedDeltaNet or gated attention by layer
-    kind x = h + MLP(RMSNorm1p(h, post_attention_layernorm))
+    h = x + mixer(RMSNorm1p(x, input_layernorm))     # mixer: GatedDeltaNet or gated attention by layer kind
+    x = h + MLP(RMSNorm1p(h, post_attention_layernorm))
     hidden = RMSNorm1p(x, norm);  logits = hidden @ lm_headᵀ  (or embed_tokensᵀ when tied)
 
 nnx attribute paths mirror the HF checkpoint keys (``model.layers[3].self_attn.q_proj.kernel`` ⇔
@@ -25,13 +25,15 @@ unchanged. Supported: ``valid`` a prefix of the row (right padding, any cache) o
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from cortex_jax.engine.cache import AttnCache, GdnCache, HybridCache
 from cortex_jax.kernels.rope import mrope_cos_sin, text_inv_freq
-from cortex_jax.sharding import AxisRules
+from cortex_jax.sharding import AxisRules, Sharder
 from models.qwen36.attention import Qwen36Attention
 from models.qwen36.config import LayerKind, Qwen36Config, TextConfig
 from models.qwen36.gated_deltanet import Qwen36GatedDeltaNet
@@ -54,28 +56,28 @@ class Qwen36DecoderLayer(nnx.Module):
         param_dtype: DType,
         rngs: nnx.Rngs | None,
         chunk_size: int = 64,
+        shard: Sharder | None = None,
     ):
         self.kind = kind
+        self.shard = shard = shard or Sharder()
         eps, d = cfg.rms_norm_eps, cfg.hidden_size
         self.input_layernorm = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
         if kind is LayerKind.FULL:
-            self.self_attn = Qwen36Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.self_attn = Qwen36Attention(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, shard=shard)
         else:
             self.linear_attn = Qwen36GatedDeltaNet(
-                cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size
+                cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size, shard=shard
             )
         self.post_attention_layernorm = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
-        self.mlp = Qwen36MLP(d, cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.mlp = Qwen36MLP(d, cfg.intermediate_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs, shard=shard)
 
     def __call__(self, x: Array, cache: AttnCache | GdnCache, ctx: dict[str, Array]):
         h = self.input_layernorm(x)
         if self.kind is LayerKind.FULL:
-            h, cache = self.self_attn(
-                h, ctx["cos"], ctx["sin"], cache, ctx["write_idx"], ctx["q_index"], ctx["kv_len"]
-            )
+            h, cache = self.self_attn(h, ctx["cos"], ctx["sin"], cache, ctx["write_idx"], ctx["q_index"], ctx["kv_len"])
         else:
             h, cache = self.linear_attn(h, ctx["valid"], cache, ctx["conv_end"])
-        x = x + h
+        x = self.shard(x + h, ("batch", None, "embed"))
         return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
@@ -90,29 +92,26 @@ class Qwen36TextModel(nnx.Module):
         param_dtype: DType,
         rngs: nnx.Rngs | None,
         chunk_size: int = 64,
+        shard: Sharder | None = None,
     ):
         self.cfg = cfg
         self.dtype = dtype
-        self.embed_tokens = Embed(
-            cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs
-        )
+        self.shard = shard = shard or Sharder()
+        self.embed_tokens = Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List(
             [
                 Qwen36DecoderLayer(
-                    cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size
+                    cfg, kind, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=chunk_size, shard=shard
                 )
                 for kind in cfg.layer_kinds
             ]
         )
-        self.norm = RMSNorm1p(
-            cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs
-        )
+        self.norm = RMSNorm1p(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs)
 
-    def __call__(
-        self, h: Array, positions: Array, valid: Array, cache: HybridCache
-    ) -> tuple[Array, HybridCache]:
+    def __call__(self, h: Array, positions: Array, valid: Array, cache: HybridCache) -> tuple[Array, HybridCache]:
         cfg = self.cfg
         b, t, _ = h.shape
+        h = self.shard(h, ("batch", None, "embed"))
         valid = valid.astype(bool)
         lengths = cache.lengths.astype(jnp.int32)
         n_valid = jnp.sum(valid, axis=-1, dtype=jnp.int32)
@@ -126,9 +125,7 @@ class Qwen36TextModel(nnx.Module):
             "valid": valid,
             "cos": cos,
             "sin": sin,
-            "write_idx": jnp.where(
-                valid, cache_idx, s
-            ),  # index S is out of range: invalid writes are dropped
+            "write_idx": jnp.where(valid, cache_idx, s),  # index S is out of range: invalid writes are dropped
             "q_index": jnp.maximum(cache_idx, 0),  # invalid queries read something finite; ignored downstream
             "kv_len": lengths + n_valid,
             "conv_end": jnp.max(jnp.where(valid, steps, 0), axis=-1),
@@ -148,7 +145,14 @@ class Qwen36MTP(nnx.Module):
     """
 
     def __init__(
-        self, cfg: TextConfig, n_layers: int, *, dtype: DType, param_dtype: DType, rngs: nnx.Rngs | None
+        self,
+        cfg: TextConfig,
+        n_layers: int,
+        *,
+        dtype: DType,
+        param_dtype: DType,
+        rngs: nnx.Rngs | None,
+        shard: Sharder | None = None,
     ):
         d, eps = cfg.hidden_size, cfg.rms_norm_eps
         self.fc = Linear(2 * d, d, (None, "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -157,7 +161,9 @@ class Qwen36MTP(nnx.Module):
         self.norm = RMSNorm1p(d, "embed", eps=eps, param_dtype=param_dtype, rngs=rngs)
         self.layers = nnx.List(
             [
-                Qwen36DecoderLayer(cfg, LayerKind.FULL, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                Qwen36DecoderLayer(
+                    cfg, LayerKind.FULL, dtype=dtype, param_dtype=param_dtype, rngs=rngs, shard=shard
+                )
                 for _ in range(n_layers)
             ]
         )
@@ -166,11 +172,13 @@ class Qwen36MTP(nnx.Module):
 class Qwen36ForCausalLM(nnx.Module):
     """Text model + LM head (+ MTP weights when the config declares ``mtp_num_hidden_layers``).
 
-    ``lm_head.weight [V, D]`` exists only when the top-level ``tie_word_embeddings`` is false; otherwise logits
-    use ``embed_tokens`` (pitfall 24). ``dtype`` is the activation dtype, ``param_dtype`` the storage dtype
+    ``lm_head.weight [V, D]`` exists only when the top-level ``tie_word_embeddings`` is false; otherwise
+    logits use ``embed_tokens`` (pitfall 24). ``dtype`` is the activation dtype, ``param_dtype`` the storage dtype
     (default: ``dtype``). ``gdn_chunk_size`` is the chunk length of the prefill delta rule (static).
     ``with_mtp``: build the MTP weights (default: iff the config declares MTP layers); False for a checkpoint
     whose ``mtp.*`` tensors were stripped (then load with ``ignore_prefixes=("mtp.",)`` if any remain).
+    ``rules`` (fit them with ``cortex_jax.sharding.rules_for``) and ``mesh`` drive the activation sharding
+    constraints (``Sharder``); with ``mesh=None`` the constraints follow ``jax.set_mesh`` if set, else none.
     """
 
     def __init__(
@@ -183,15 +191,17 @@ class Qwen36ForCausalLM(nnx.Module):
         rules: AxisRules | None = None,
         gdn_chunk_size: int = 64,
         with_mtp: bool | None = None,
+        mesh: Any = None,
     ):
         param_dtype = dtype if param_dtype is None else param_dtype
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         self.config = cfg
         self.dtype = dtype
         self.rules = rules or AxisRules()  # kept for the loader / steps; modules only name logical axes
+        shard = Sharder(self.rules, mesh)  # activation constraints from the same table
         text = cfg.text
         self.model = Qwen36TextModel(
-            text, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=gdn_chunk_size
+            text, dtype=dtype, param_dtype=param_dtype, rngs=rngs, chunk_size=gdn_chunk_size, shard=shard
         )
         self.tied = bool(cfg.tie_word_embeddings)
         self.lm_head = (
@@ -208,7 +218,7 @@ class Qwen36ForCausalLM(nnx.Module):
         )
         n_mtp = text.mtp_num_hidden_layers if with_mtp is None or with_mtp else 0
         self.mtp = (
-            Qwen36MTP(text, n_mtp, dtype=dtype, param_dtype=param_dtype, rngs=rngs) if n_mtp > 0 else None
+            Qwen36MTP(text, n_mtp, dtype=dtype, param_dtype=param_dtype, rngs=rngs, shard=shard) if n_mtp > 0 else None
         )
 
     def embed(self, tokens: Array) -> Array:

@@ -66,9 +66,7 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
 
     def attend(self, h: Array) -> Array:  # [..., D] -> [..., V] fp32
-        return jnp.einsum(
-            "...d,vd->...v", h, self.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32
-        )
+        return jnp.einsum("...d,vd->...v", h, self.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32)
 
 
 class RMSNorm1p(nnx.Module):

@@ -16,7 +16,7 @@ from flax import nnx
 from cortex_jax.checkpoint import CheckpointError
 from cortex_jax.checkpoint import load_state as _load_state
 from cortex_jax.mesh import make_mesh
-from cortex_jax.sharding import AxisRules, state_shardings
+from cortex_jax.sharding import AxisRules, rules_for, state_shardings
 from models.qwen36.config import ConfigError, Qwen36Config
 from models.qwen36.decoder import Qwen36ForCausalLM
 from models.qwen36.weight_map import qwen36_weight_map
@@ -30,8 +30,10 @@ def abstract_model(
     rules: AxisRules | None = None,
     gdn_chunk_size: int = 64,
     with_mtp: bool | None = None,
+    mesh: Any = None,
 ) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, abstract state) of the text model; nothing is allocated."""
+    """(graphdef, abstract state) of the text model; nothing is allocated. ``rules``/``mesh`` go to the model's
+    activation constraints (pass rules fitted by ``rules_for``)."""
     abstract = nnx.eval_shape(
         lambda: Qwen36ForCausalLM(
             cfg,
@@ -41,6 +43,7 @@ def abstract_model(
             rules=rules,
             gdn_chunk_size=gdn_chunk_size,
             with_mtp=with_mtp,
+            mesh=mesh,
         )
     )
     return nnx.split(abstract)
@@ -61,7 +64,10 @@ def load_model(
     """``(graphdef, state, cfg)`` for the checkpoint at ``ckpt_dir``.
 
     ``dtype``: activation dtype; ``param_dtype``: storage dtype (default ``dtype``; the checkpoint's own
-    dtype is cast). ``mesh``: default a 1×1 mesh of the first device. VLM checkpoints carry
+    dtype is cast). ``mesh``: default a 1×1 mesh of the first device; every tensor is read from the file
+    straight into its shards. ``rules``: the logical-axis table (default ``AxisRules()``), fitted to the
+    model's head counts on ``mesh`` by ``rules_for`` (KV heads replicated when tp does not divide them;
+    ``ValueError`` for a tp that would split a query head or a GDN key-head group). VLM checkpoints carry
     ``model.visual.*``, which this text model has no place for: pass ``ignore_prefixes=("model.visual.",)``
     to skip them on purpose. ``with_mtp=False`` drops the MTP weights (and ignores ``mtp.*`` keys).
     ``progress(done, total, bytes_done, bytes_total)`` is called after each tensor.
@@ -72,15 +78,20 @@ def load_model(
         cfg = Qwen36Config.from_dir(ckpt_dir)
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
-    rules = rules or AxisRules()
     mesh = mesh if mesh is not None else make_mesh(1, 1)
+    rules = rules_for(cfg.text, mesh, rules)
     graphdef, abstract = abstract_model(
-        cfg, dtype=dtype, param_dtype=param_dtype, rules=rules, gdn_chunk_size=gdn_chunk_size,
+        cfg,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        rules=rules,
+        gdn_chunk_size=gdn_chunk_size,
         with_mtp=with_mtp,
+        mesh=mesh,
     )
     if with_mtp is False:
         ignore_prefixes = (*ignore_prefixes, "mtp.")
     shardings = state_shardings(abstract, mesh, rules)
-    wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings)
+    wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings, text=cfg.text)
     state = _load_state(ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes)
     return graphdef, state, cfg

@@ -31,7 +31,7 @@ from flax import nnx
 from cortex_jax.checkpoint import load_state
 from cortex_jax.engine.api import ImageInput
 from cortex_jax.mesh import make_mesh
-from cortex_jax.sharding import AxisRules, state_shardings
+from cortex_jax.sharding import AxisRules, rules_for, state_shardings
 from models.qwen36.config import Qwen36Config
 from models.qwen36.decoder import Qwen36ForCausalLM
 from models.qwen36.vision import Qwen36VisionModel, patch_bucket, patch_layout, vision_rules
@@ -126,12 +126,12 @@ class Qwen36ForConditionalGeneration(Qwen36ForCausalLM):
 
     def __init__(self, cfg: Qwen36Config, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
                  rngs: nnx.Rngs | None = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64,
-                 vision_attn: AttnImpl = AttnImpl()):
+                 vision_attn: AttnImpl = AttnImpl(), mesh: Any = None):
         if cfg.vision is None:
             raise ValueError("config has no vision_config")
         rngs = rngs if rngs is not None else nnx.Rngs(0)
         super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, rules=rules,
-                         gdn_chunk_size=gdn_chunk_size)
+                         gdn_chunk_size=gdn_chunk_size, mesh=mesh)
         self.visual = Qwen36VisionModel(cfg.vision, dtype=dtype, param_dtype=param_dtype or dtype, rngs=rngs,
                                         attn=vision_attn)
 
@@ -185,12 +185,12 @@ def load_multimodal_model(ckpt_dir: str | Path, *, dtype: Any = jnp.float32, par
     """``(graphdef, state, cfg)`` of :class:`Qwen36ForConditionalGeneration` from a VLM checkpoint
     (strict: every tensor mapped, none missing)."""
     cfg = Qwen36Config.from_dir(ckpt_dir)
-    rules = rules or AxisRules()
     mesh = mesh if mesh is not None else make_mesh(1, 1)
+    rules = rules_for(cfg.text, mesh, rules)  # the vision tower is replicated (docs/sharding.md)
     abstract = nnx.eval_shape(lambda: Qwen36ForConditionalGeneration(
         cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), rules=rules,
-        gdn_chunk_size=gdn_chunk_size))
+        gdn_chunk_size=gdn_chunk_size, mesh=mesh))
     graphdef, abs_state = nnx.split(abstract)
-    wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings, vision_rules=vision_rules("visual."))
+    wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings, text=cfg.text, vision_rules=vision_rules("visual."))
     state = load_state(ckpt_dir, abs_state, state_shardings(abs_state, mesh, rules), wmap)
     return graphdef, state, cfg

@@ -18,16 +18,17 @@ from cortex_jax.engine.api import (
     QueueFullError,
     SamplingParams,
 )
-from cortex_jax.engine.engine import Engine, EngineConfig
-from tests.engine.fakes import EOS, FakeDetokenizer, FakeTokenizer, fake_runner
+from cortex_jax.engine.engine import Engine, EngineConfig, PreparedPrompt
+from tests.engine.fakes import EOS, FakeDetokenizer, FakeTokenizer, fake_params, fake_runner
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
-def make_engine(max_queue=32, **cfg) -> Engine:
+def make_engine(max_queue=32, prepare=None, **cfg) -> Engine:
     # Every engine here has the same pool shape (4 slots × 128 tokens) so they share one compilation cache.
     return Engine(fake_runner(slots=4, max_context=128), FakeTokenizer(),
-                  EngineConfig(max_queue=max_queue, **cfg), detokenizer=lambda prompt: FakeDetokenizer())
+                  EngineConfig(max_queue=max_queue, **cfg), detokenizer=lambda prompt: FakeDetokenizer(),
+                  prepare=prepare)
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +288,43 @@ def test_timings_and_stats(engine):
     st = engine.stats()
     assert st.slots_total == 4 and st.cache_bytes > 0 and st.generated_tokens_total > 0
     assert np.all(engine.runner.lengths() >= 0)
+
+
+def test_multimodal_hook_embeds_positions_and_rope_delta(engine):
+    """The vision hook's contract: ``input_embeds`` replace the token embeddings chunk by chunk, ``positions``
+    drive prefill and ``rope_delta`` offsets decode positions."""
+    params = fake_params()
+    p = prompt(8, 20)  # two chunks
+    calls = []
+
+    def prepare(request, shift=0):
+        calls.append(request.request_id)
+        ids_ = np.asarray(request.prompt_ids)
+        n = len(ids_)
+        pos = np.broadcast_to(np.arange(n, dtype=np.int32) + shift, (3, n))
+        return PreparedPrompt(positions=pos, input_embeds=params["emb"][ids_], rope_delta=shift)
+
+    eng = make_engine(prepare=prepare)
+    with pytest.raises(InvalidRequestError):  # no hook: images refused before any delta
+        engine.generate_sync(GenerationRequest(p, GREEDY, images=[object()]))
+    got = ids(run_sync_req(eng, GenerationRequest(p, GREEDY, images=[object()])))
+    assert calls and got == ids(run_sync(engine, p))
+    eng.close()
+
+    shifted = make_engine(prepare=lambda r: prepare(r, shift=5))
+    got_shifted = ids(run_sync_req(shifted, GenerationRequest(p, GREEDY, images=[object()])))
+    shifted.close()
+    assert got_shifted != got  # positions reach the model in prefill and decode
+
+    def broken(request):
+        raise ValueError("cannot decode image")
+
+    eng = make_engine(prepare=broken)
+    with pytest.raises(InvalidRequestError, match="cannot decode image"):
+        list(eng.generate_sync(GenerationRequest(p, GREEDY, images=[object()])))
+    assert eng.stats().slots_used == 0
+    eng.close()
+
+
+def run_sync_req(engine, request):
+    return list(engine.generate_sync(request))

@@ -51,9 +51,7 @@ def test_cache_layout_and_bytes(cfg):
 
 def test_reset_gather_scatter_rows(cfg):
     cache = init_cache(cfg.text, 4, 8, jnp.float32)
-    cache = jax.tree.map(
-        lambda x: x + jnp.arange(4, dtype=x.dtype).reshape((4,) + (1,) * (x.ndim - 1)) + 1, cache
-    )
+    cache = jax.tree.map(lambda x: x + jnp.arange(4, dtype=x.dtype).reshape((4,) + (1,) * (x.ndim - 1)) + 1, cache)
     reset = jax.jit(reset_rows)(cache, jnp.array([False, True, False, True]))
     for x in jax.tree.leaves(reset):
         x = np.asarray(x)
@@ -76,9 +74,7 @@ def test_buckets_and_positions():
     np.testing.assert_array_equal(
         np.asarray(text_positions(jnp.array([5, 0]), valid, jnp.array([-2, 3]))[1]), [[3, 4, 0], [0, 3, 4]]
     )
-    np.testing.assert_array_equal(
-        np.asarray(decode_positions(jnp.array([7, 2]), jnp.array([1, 0]))), [[8, 2]] * 3
-    )
+    np.testing.assert_array_equal(np.asarray(decode_positions(jnp.array([7, 2]), jnp.array([1, 0]))), [[8, 2]] * 3)
 
 
 def test_bf16_model_within_bf16_noise_of_hf(ckpt_paths, tokens):

@@ -14,7 +14,9 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from cortex_jax.checkpoint import CheckpointError, list_tensors
+from models.qwen36.config import Qwen36Config
 from models.qwen36.loading import load_model
+from models.qwen36.weight_map import gdn_channel_perm
 from tests.model.conftest import SPECS
 from tests.reference import make_tiny_hf_checkpoint
 
@@ -52,9 +54,17 @@ def test_mtp_and_head_loaded_with_transpose(vlm, vlm_state):
         vlm_state["mtp.layers.0.self_attn.q_proj.kernel"], raw["mtp.layers.0.self_attn.q_proj.weight"].T
     )
     np.testing.assert_array_equal(vlm_state["lm_head.kernel"], raw["lm_head.weight"].T)
+    # GDN conv channels are stored in key-head-group order (docs/sharding.md): HF channel perm[i] → ours i
+    text = Qwen36Config.from_dir(vlm).text
+    perm = gdn_channel_perm(
+        text.linear_num_key_heads, text.linear_key_head_dim, text.linear_num_value_heads, text.linear_value_head_dim
+    )
+    prefix = "model.language_model.layers.0.linear_attn."
     np.testing.assert_array_equal(
-        vlm_state["model.layers.0.linear_attn.conv1d.kernel"],
-        raw["model.language_model.layers.0.linear_attn.conv1d.weight"][:, 0, :].T,
+        vlm_state["model.layers.0.linear_attn.conv1d.kernel"], raw[prefix + "conv1d.weight"][perm, 0, :].T
+    )
+    np.testing.assert_array_equal(
+        vlm_state["model.layers.0.linear_attn.in_proj_qkv.kernel"], raw[prefix + "in_proj_qkv.weight"][perm].T
     )
 
 
@@ -84,18 +94,14 @@ def test_half_precision_checkpoint_loads(tmp_path, vlm_state, dtype):
 
 
 def test_vision_weights_need_explicit_ignore(vlm):
-    with pytest.raises(
-        CheckpointError, match=r"model\.visual\.\S+: present in the checkpoint, no vision tower"
-    ):
+    with pytest.raises(CheckpointError, match=r"model\.visual\.\S+: present in the checkpoint, no vision tower"):
         load_model(vlm)
 
 
 def test_missing_tensor(tmp_path, vlm):
     key = "model.language_model.layers.2.linear_attn.A_log"
     path = _copy_with(vlm, tmp_path / "c", lambda t: t.pop(key))
-    with pytest.raises(
-        CheckpointError, match=r"missing \(1\)[\s\S]*model\.layers\.2\.linear_attn\.A_log \[4\]"
-    ):
+    with pytest.raises(CheckpointError, match=r"missing \(1\)[\s\S]*model\.layers\.2\.linear_attn\.A_log \[4\]"):
         load_model(path, ignore_prefixes=VIS)
 
 

@@ -23,16 +23,12 @@ def test_full_sequence_logits(tiny, tokens):
     ref = hf_logits(tiny.hf, tokens)
     cache = tiny.cache()
     valid = full_valid()
-    logits, cache = tiny.forward(
-        tiny.state, cache, jnp.asarray(tokens), text_positions(cache.lengths, valid), valid
-    )
+    logits, cache = tiny.forward(tiny.state, cache, jnp.asarray(tokens), text_positions(cache.lengths, valid), valid)
     assert_close_rel(logits, ref, 1e-4, "full-sequence logits")
     np.testing.assert_array_equal(np.asarray(cache.lengths), [T, T])
 
 
-@pytest.mark.parametrize(
-    "lengths", [(1, CHUNK + 7), (CHUNK - 7, CHUNK)], ids=["1_and_above", "below_and_equal"]
-)
+@pytest.mark.parametrize("lengths", [(1, CHUNK + 7), (CHUNK - 7, CHUNK)], ids=["1_and_above", "below_and_equal"])
 def test_prefill_lengths_right_padded(tiny, tokens, lengths):
     """Prompt lengths 1, below, equal to and above the GDN chunk, right-padded into one bucket."""
     ref = hf_logits(tiny.hf, tokens)
@@ -146,8 +142,9 @@ def test_distinct_mrope_axes_match_hf(tiny, tokens):
     rng = np.random.default_rng(7)
     pos = np.sort(rng.integers(0, 3 * T, (3, B, T)), axis=-1).astype(np.int32)
     with torch.no_grad():
-        ref = tiny.hf(input_ids=torch.tensor(tokens, dtype=torch.long),
-                      position_ids=torch.tensor(pos, dtype=torch.long)).logits.numpy()
+        ref = tiny.hf(
+            input_ids=torch.tensor(tokens, dtype=torch.long), position_ids=torch.tensor(pos, dtype=torch.long)
+        ).logits.numpy()
     cache = tiny.cache()
     valid = full_valid()
     logits, _ = tiny.forward(tiny.state, cache, jnp.asarray(tokens), jnp.asarray(pos), valid)
@@ -163,7 +160,7 @@ def test_chunked_prefill_continuation(tiny, tokens):
     rest = T - first  # 19 and 12 more tokens, right-padded into the same bucket
     ids2 = np.zeros_like(tokens)
     for b in range(B):
-        ids2[b, : rest[b]] = tokens[b, first[b]:]
+        ids2[b, : rest[b]] = tokens[b, first[b] :]
     valid2 = np.arange(T)[None, :] < rest[:, None]
     last, cache = _prefill(tiny, ids2, valid2, cache)
     assert_close_rel(last, ref[:, -1], 1e-4, "chunked prefill continuation")

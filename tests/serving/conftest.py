@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-COMPILE_CACHE = Path(os.environ.get("CORTEX_JAX_CACHE", Path.home() / ".cache" / "cortex-jax")) / "xla-tests"
+COMPILE_CACHE = Path(os.environ.get("CORTEX_TEST_XLA_CACHE") or Path(os.environ.get(
+    "CORTEX_JAX_CACHE", Path.home() / ".cache" / "cortex-jax")) / "xla-tests")
 START_TIMEOUT_S = 180
 # Small, test-friendly engine: one prefill bucket (one compile), 2 slots.
 BASE_SETTINGS = {"slots": 2, "queue": 4, "context_limit": 1024, "prefill_buckets": [256], "keepalive_s": 0.5,

@@ -159,7 +159,8 @@ def test_queue_overflow_429_and_disconnect_frees_slot(neuron):
     """1 slot + queue 1: A decodes, B waits, C is refused with 429; closing A lets B finish."""
     with httpx.Client(base_url=neuron.url, timeout=120) as a_client, cf.ThreadPoolExecutor(1) as pool:
         with a_client.stream("POST", "/v1/chat/completions", json=chat(TINY, 900, stream=True)) as a:
-            next(ln for ln in a.iter_lines() if ln.startswith("data:"))
+            lines = a.iter_lines()  # keep a reference: a dropped line iterator closes the response
+            next(ln for ln in lines if ln.startswith("data:"))
             b = pool.submit(httpx.post, f"{neuron.url}/v1/chat/completions", json=chat(TINY, 2), timeout=120)
             neuron.wait_for(lambda: httpx.get(f"{neuron.url}/health").json()["queue_depth"] == 1, 30, "B queued")
             c = httpx.post(f"{neuron.url}/v1/chat/completions", json=chat(TINY, 2), timeout=30)

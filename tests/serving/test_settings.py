@@ -1,0 +1,73 @@
+"""Settings from TOML, NEURON_* environment and CLI flags; the example config parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.settings import EMBEDDED_ID, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_serve_the_embedded_model():
+    s = load_settings([], env={})
+    assert (s.host, s.port) == ("127.0.0.1", 13131)
+    assert s.serves_embedded and s.load_at_start == (EMBEDDED_ID,)
+    assert s.memory_budget_bytes is None
+
+
+def test_example_config_parses(tmp_path, monkeypatch):
+    example = ROOT / "examples" / "neuron.toml"
+    text = example.read_text()
+    # models_dir in the example must exist for validation: point it at a temporary directory
+    cfg = tmp_path / "neuron.toml"
+    cfg.write_text(text.replace('models_dir = "/srv/models"', f'models_dir = "{tmp_path}"'))
+    s = load_settings(["--config", str(cfg)], env={})
+    assert s.port == 13131 and s.host == "0.0.0.0"
+    assert s.models["qwen3.6-27b"] == Path("/srv/models/Qwen3.6-27B")
+    assert s.memory_budget_gb == 70 and s.tensor_parallel == 1
+    assert s.serves_embedded  # embedded = true in the example
+
+
+def test_precedence_toml_env_cli(tmp_path):
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('[neuron]\nlisten = "0.0.0.0:9000"\nslots = 2\nqueue = 3\n[models]\na = "ckpt/a"\n')
+    s = load_settings(["--config", str(cfg), "--slots", "5", "--model", "b=/x/b", "--load", "a,b"],
+                      env={"NEURON_SLOTS": "4", "NEURON_QUEUE": "7", "NEURON_MEMORY_BUDGET_GB": "1.5"})
+    assert (s.host, s.port, s.slots, s.queue) == ("0.0.0.0", 9000, 5, 7)
+    assert s.models == {"a": tmp_path / "ckpt" / "a", "b": Path("/x/b")}  # relative to the config file
+    assert s.load_at_start == ("a", "b") and not s.serves_embedded
+    assert s.memory_budget_bytes == int(1.5 * 1024**3)
+
+
+@pytest.mark.parametrize("argv,env,needle", [
+    (["--slots", "zero"], {}, "slots"),
+    (["--slots", "0"], {}, "slots"),
+    ([], {"NEURON_DTYPE": "int4"}, "dtype"),
+    ([], {"NEURON_NO_SUCH": "1"}, "no_such"),
+    (["--model", "noequals"], {}, "models"),
+    (["--memory-budget-gb", "-1"], {}, "memory_budget_gb"),
+    ([], {"NEURON_EMBEDDED": "maybe"}, "embedded"),
+])
+def test_bad_settings_name_the_key(argv, env, needle):
+    with pytest.raises(SettingsError, match=needle):
+        load_settings(argv, env=env)
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("slots = = 3")
+    with pytest.raises(SettingsError, match="bad.toml"):
+        load_settings(["--config", str(cfg)], env={})
+    cfg.write_text("colour = 'blue'")
+    with pytest.raises(SettingsError, match="colour"):
+        load_settings(["--config", str(cfg)], env={})
+
+
+def test_main_reports_bad_config_and_exits_2(tmp_path, capsys):
+    from serving.neuron import main
+
+    assert main(["--config", str(tmp_path / "missing.toml")]) == 2
+    assert "not found" in capsys.readouterr().err
