@@ -61,7 +61,7 @@ def _check_schema(schema: dict[str, Any]) -> None:
         import jsonschema
     except ImportError:  # optional: without it only the shape is checked
         if not isinstance(schema, dict):
-            raise bad_request("json_schema.schema must be an object", "response_format.json_schema.schema")
+            raise bad_request("json_schema.schema must be an object", "response_format.json_schema.schema") from None
         return
     try:
         jsonschema.validators.validator_for(schema).check_schema(schema)

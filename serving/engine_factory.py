@@ -7,6 +7,7 @@ far is dropped, so a failed load holds no device memory.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 from pathlib import Path
@@ -51,7 +52,8 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
                               prefill_buckets=settings.prefill_buckets)
     eos = tuple(sorted(set(tokenizer.eos_token_ids) | set(cfg.text.eos_token_ids)))
     progress(0.93, "engine")
-    engine = Engine(runner, tokenizer, EngineConfig(max_queue=settings.queue, warmup=settings.warmup), eos_token_ids=eos)
+    config = EngineConfig(max_queue=settings.queue, warmup=settings.warmup)
+    engine = Engine(runner, tokenizer, config, eos_token_ids=eos)
     used = _nbytes(state) + int(runner.pool_bytes().get("total_bytes", 0))
     caps = ModelLoader.capabilities(path, cfg)
 
@@ -59,10 +61,8 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
         nonlocal state
         for x in jax.tree.leaves(state) + jax.tree.leaves(runner.pool):
             if hasattr(x, "delete"):
-                try:
+                with contextlib.suppress(Exception):  # already deleted or donated
                     x.delete()
-                except Exception:  # noqa: BLE001 - already deleted or donated
-                    pass
         runner.state = runner.pool = None
         state = None
         gc.collect()

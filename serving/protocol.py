@@ -113,9 +113,8 @@ class ChatMessage(Strict):
             raise ValueError(f"a {self.role} message needs 'content'")
         if self.role == "tool" and self.content is None:
             raise ValueError("a tool message needs 'content'")
-        if self.role != "user" and isinstance(self.content, list):
-            if any(p.type != "text" for p in self.content):
-                raise ValueError(f"{self.role} messages may only contain text parts")
+        if self.role != "user" and isinstance(self.content, list) and any(p.type != "text" for p in self.content):
+            raise ValueError(f"{self.role} messages may only contain text parts")
         if self.reasoning and not self.reasoning_content:
             self.reasoning_content = self.reasoning
         return self

@@ -9,6 +9,7 @@ load starts and returned when it fails or the model is unloaded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -228,10 +229,8 @@ class Registry:
         if entry.state is ModelState.AVAILABLE and self.settings.auto_load:
             await self.load(model_id, wait=False)
         if entry.state is ModelState.LOADING and entry.task is not None:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(entry.task), self.settings.load_wait_s)
-            except TimeoutError:
-                pass
         if entry.state is ModelState.LOADED and entry.model is not None:
             return Lease(entry)
         retry = {"Retry-After": "2"}

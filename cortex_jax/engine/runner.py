@@ -199,6 +199,9 @@ class Runner:
             counts=jnp.zeros((s, vocab_size), jnp.int32, device=rep),
             prompt_seen=jnp.zeros((s, vocab_size), jnp.bool_, device=rep),
         )
+        # Commit every leaf where it already lives: jit keys its cache on committedness too, so an uncommitted
+        # fresh pool followed by the (committed) pool a step returns would compile each step twice.
+        self.pool = jax.device_put(self.pool, jax.tree.map(lambda x: x.sharding, self.pool))
         shardings = None if mesh is None else jax.tree.map(lambda x: x.sharding, self.pool)
         self._prefill = partial(_prefill_jit, fns, shardings)
         self._decode = partial(_decode_jit, fns, shardings)
