@@ -7,6 +7,7 @@ stream's headers are only committed once the first event exists: a token, or a k
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +38,7 @@ class ChatService:
         ctx: StreamContext | None = None
         try:
             model = lease.model
-            plan = build_chat_prompt(req, model, self.settings.max_images)
+            plan = await asyncio.to_thread(build_chat_prompt, req, model, self.settings.max_images)
             requested = req.max_completion_tokens or req.max_tokens
             param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             max_tokens = resolve_max_tokens(

@@ -191,14 +191,14 @@ def build_chat_prompt(req: ChatCompletionRequest, model: Any, max_images: int) -
         raise bad_request(f"messages: {e}", "messages", "invalid_messages") from None
     starts_in_reasoning = text.rstrip().endswith(THINK_OPEN) and caps.reasoning
     text += prefix
-    return PromptPlan(
-        text=text,
-        ids=model.encode(text),
-        images=images,
-        tools=tools,
-        forced_prefix=prefix,
-        starts_in_reasoning=starts_in_reasoning,
-    )
+    ids = model.encode(text)
+    if images:
+        try:
+            ids = model.expand_image_tokens(ids, images)
+        except ValueError as e:  # e.g. a text part that itself contains <|image_pad|>
+            raise bad_request(f"messages: {e}", "messages", "invalid_images") from None
+    return PromptPlan(text=text, ids=ids, images=images, tools=tools, forced_prefix=prefix,
+                      starts_in_reasoning=starts_in_reasoning)
 
 
 def load_images(model: Any, refs: list[tuple[int, int, str]], max_images: int) -> list[ImageInput]:

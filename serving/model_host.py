@@ -107,6 +107,12 @@ class LoadedModel:
             data, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels, cfg=cfg, limits=self.image_limits
         )
 
+    def expand_image_tokens(self, ids: list[int], images: list[ImageInput]) -> list[int]:
+        """One ``<|image_pad|>`` per image → as many as the image has tokens (what the engine prefills)."""
+        from models.qwen36.multimodal import expand_image_tokens
+
+        return expand_image_tokens(ids, images, self.config.image_token_id)
+
     # ---- generation -----------------------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> AsyncIterator[Delta]:
         return self.engine.generate(request)
@@ -170,9 +176,10 @@ class ModelLoader:
         path = self.resolve(source)
         cfg = Qwen36Config.from_dir(path)
         context = min(self.settings.context_limit, cfg.text.max_position_embeddings)
-        from serving.engine_factory import VISION_PREFIXES
+        from serving.engine_factory import VISION_PREFIXES, VISION_WIRED
 
-        est = estimate(path, cfg, self.settings.slots, context, self.dtype(), VISION_PREFIXES)
+        skip = () if VISION_WIRED and cfg.vision is not None else VISION_PREFIXES
+        est = estimate(path, cfg, self.settings.slots, context, self.dtype(), skip)
         meta = {"context_length": context, "capabilities": self.capabilities(path, cfg).as_dict()}
         return path, meta, est
 

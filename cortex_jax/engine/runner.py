@@ -190,8 +190,10 @@ class Runner:
         self.chunk_size = self.buckets[-1]
         self.state = state
         s = self.num_slots
-        # The small per-slot arrays are replicated over the mesh (they sit beside a sharded cache in one jit).
-        rep = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+        # The small per-slot arrays are replicated over the cache's mesh (they sit beside it in one jit, and
+        # the step returns them with that mesh: starting elsewhere would compile every step twice).
+        pool_mesh = mesh if mesh is not None else getattr(cache.lengths.sharding, "mesh", None)
+        rep = None if pool_mesh is None else NamedSharding(pool_mesh, PartitionSpec())
         self.pool = SlotPool(
             cache=cache,
             last_token=jnp.zeros((s,), jnp.int32, device=rep),

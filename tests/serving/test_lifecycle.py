@@ -173,3 +173,11 @@ def test_queue_overflow_429_and_disconnect_frees_slot(neuron):
     neuron.wait_for(lambda: httpx.get(f"{neuron.url}/health").json()["in_flight"] == 0, 10, "idle")
     metrics = httpx.get(f"{neuron.url}/metrics").text
     assert 'status="429"' in metrics
+
+
+def test_compact_idle_models(neuron):
+    with neuron.client() as c:
+        r = c.post("/models/compact", json={})
+        assert r.status_code == 200 and TINY in r.json()["compacted"]
+        assert c.post("/models/compact", json={"model": "tiny-b"}).json()["skipped"]["tiny-b"].startswith("not loaded")
+        assert c.post("/v1/chat/completions", json=chat(TINY)).status_code == 200  # still serves after the swap

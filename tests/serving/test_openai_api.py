@@ -51,6 +51,18 @@ def test_chat_stream_with_usage(oai):
     assert isinstance(text, str)
 
 
+def test_stream_n_choices(oai):
+    chunks = list(oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                              max_tokens=3, n=2, seed=7, stream=True, extra_body=NO_THINK))
+    finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert finished == [0, 1]
+    firsts = {}
+    for c in chunks:
+        if c.choices:
+            firsts.setdefault(c.choices[0].index, c.choices[0].delta.role)
+    assert firsts == {0: "assistant", 1: "assistant"}
+
+
 def test_stream_wire_format(neuron):
     """Raw SSE: data lines, the usage chunk last, then [DONE]; the request id is echoed."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True,
@@ -162,14 +174,48 @@ def test_tokenize(neuron):
         assert m["count"] > p["count"] + 20  # the tools block is counted
 
 
-def test_images_refused_clearly(oai):
+def _png_data_uri(w: int, h: int) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (200, 30, 90)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _image_message(url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}]
+
+
+def test_chat_with_image(oai, neuron):
+    messages = _image_message(_png_data_uri(256, 256))
+    text_only = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is this?"}],
+                                            max_tokens=2, extra_body=NO_THINK)
+    r = oai.chat.completions.create(model=MODEL, messages=messages, max_tokens=2, extra_body=NO_THINK)
+    image_tokens = r.usage.prompt_tokens - text_only.usage.prompt_tokens
+    assert image_tokens == 64 + 2  # 256² → 16×16 patches → 64 merged tokens, plus vision start/end
+    with neuron.client() as c:
+        count = c.post("/tokenize", json={"model": MODEL, "messages": messages,
+                                          "chat_template_kwargs": NO_THINK["chat_template_kwargs"]}).json()["count"]
+    assert count == r.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("url,code", [
+    ("data:image/png;base64,iVBORw0KGgo=", "invalid_image"),  # truncated PNG
+    ("data:image/png;base64,!!!", "invalid_image"),
+    ("data:video/mp4;base64,AAAA", "invalid_image"),
+    ("https://example.com/cat.png", "image_url_not_allowed"),
+])
+def test_bad_images_refused_clearly(oai, url, code):
     import openai
 
-    url = "data:image/png;base64,iVBORw0KGgo="
     with pytest.raises(openai.BadRequestError) as e:
-        oai.chat.completions.create(model=MODEL, max_tokens=2, messages=[{"role": "user", "content": [
-            {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": url}}]}])
-    assert e.value.body["param"].startswith("messages.0.content.1")
+        oai.chat.completions.create(model=MODEL, max_tokens=2, messages=_image_message(url))
+    assert e.value.body["param"].startswith("messages.0.content.1.image_url")
+    assert e.value.body["code"] == code
 
 
 def test_health_discovery_models(neuron):
@@ -181,7 +227,7 @@ def test_health_discovery_models(neuron):
         assert d["device_count"] >= 1 and d["devices"][0]["platform"] == "cpu"
         assert {"jax", "flax"} <= set(d["versions"]) and {"dp": 1, "tp": 1} in d["mesh_shapes"]
         card = c.get("/models").json()["data"][0]
-        assert card["capabilities"] == {"vision": False, "tools": True, "reasoning": True}
+        assert card["capabilities"] == {"vision": True, "tools": True, "reasoning": True}
         assert card["context_length"] == 1024 and card["tensor_parallel"] == 1
         assert card["memory_used_bytes"] >= card["memory_needed_bytes"] > 0
 

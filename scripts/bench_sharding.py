@@ -1,0 +1,382 @@
+"""Sweep mesh shapes for the Qwen3.6-27B text model: decode ms/step, prefill tok/s, init time, memory, roofline.
+
+    python scripts/bench_sharding.py --out bench_sharding/                 # GPUs: tp = 1, 2, 4, 8 as available
+    python scripts/bench_sharding.py --small --devices 8 --out /tmp/bs     # CPU smoke run, tiny config
+
+Weights are random bf16 created *directly into their shards* (``jax.jit`` of the model constructor with the
+rules' ``out_shardings``: no device ever holds a whole tensor), or loaded from ``--ckpt`` through the sharded
+loader. Per mesh it records
+
+* init (or load) seconds, including compiling the initialiser;
+* bytes per device: params, cache (per decode batch), and the allocator's peak where the backend reports it;
+* decode ms/step at each ``--batches`` size with ``--ctx`` tokens already in the cache (lengths set directly;
+  the attention kernel reads all S cache rows either way), after one warm-up step;
+* prefill tok/s of one ``--prefill-len`` prompt;
+* a roofline per GPU: decode bound by HBM bytes per step (this device's weights + cache traffic) / bandwidth,
+  prefill bound by FLOPs / peak bf16; ``*_frac`` = roofline time / measured time.
+
+Writes ``results.json``, ``results.md`` (a table) and PNG plots (if matplotlib is installed) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+QWEN36_27B_TEXT: dict[str, Any] = dict(
+    model_type="qwen3_5_text",
+    vocab_size=248320,
+    hidden_size=5120,
+    intermediate_size=17408,
+    num_hidden_layers=64,
+    layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(64)],
+    num_attention_heads=24,
+    num_key_value_heads=4,
+    head_dim=256,
+    linear_num_key_heads=16,
+    linear_num_value_heads=48,
+    linear_key_head_dim=128,
+    linear_value_head_dim=128,
+    linear_conv_kernel_dim=4,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=262144,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                     "mrope_section": [11, 11, 10], "mrope_interleaved": True},
+    tie_word_embeddings=False,
+    eos_token_id=248044,
+)
+
+# the --small smoke config: every head count divides 8 where the rules need it
+SMALL_TEXT: dict[str, Any] = dict(
+    QWEN36_27B_TEXT,
+    vocab_size=1024,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    layer_types=["linear_attention", "full_attention"] * 2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    head_dim=64,
+    linear_num_key_heads=8,
+    linear_num_value_heads=24,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+    rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                     "mrope_section": [3, 3, 2], "mrope_interleaved": True},
+    max_position_embeddings=4096,
+)
+
+# per-device peak numbers (dense bf16 FLOP/s, HBM B/s), matched on jax's device_kind
+PEAKS: dict[str, tuple[float, float]] = {
+    "H200": (989e12, 4.8e12),
+    "H100": (989e12, 3.35e12),  # SXM; PCIe parts are slower (756e12, 2.0e12)
+    "A100": (312e12, 2.0e12),
+    "L40S": (362e12, 0.864e12),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("bench_sharding"))
+    p.add_argument("--small", action="store_true", help="tiny config for a CPU smoke run")
+    p.add_argument("--devices", type=int, default=0, help="fake CPU devices (sets XLA_FLAGS; --small only)")
+    p.add_argument("--meshes", default="", help="comma list of DPxTP, e.g. 1x1,1x2,2x4 (default: tp sweep)")
+    p.add_argument("--batches", default="", help="decode batch sizes (default 1,32; small 1,4)")
+    p.add_argument("--ctx", type=int, default=0, help="tokens in the cache during decode (default 1024)")
+    p.add_argument("--steps", type=int, default=0, help="timed decode steps (default 32; small 4)")
+    p.add_argument("--prefill-len", type=int, default=0, help="prefill prompt length (default 8192)")
+    p.add_argument("--ckpt", type=Path, default=None, help="load this checkpoint instead of random weights")
+    a = p.parse_args(argv)
+    a.batches = [int(x) for x in (a.batches or ("1,4" if a.small else "1,32")).split(",")]
+    a.ctx = a.ctx or (32 if a.small else 1024)
+    a.steps = a.steps or (4 if a.small else 32)
+    a.prefill_len = a.prefill_len or (64 if a.small else 8192)
+    return a
+
+
+def device_peaks(kind: str) -> tuple[float, float] | None:
+    for name, peaks in PEAKS.items():
+        if name.lower() in kind.lower():
+            return peaks
+    return None
+
+
+def default_meshes(n: int) -> list[tuple[int, int]]:
+    return [(1, tp) for tp in (1, 2, 4, 8) if tp <= n]
+
+
+def _nbytes_per_device(tree: Any) -> int:
+    """Bytes of ``tree``'s arrays held by the first device of their mesh."""
+    import jax
+
+    total = 0
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array):
+            total += x.addressable_shards[0].data.nbytes
+    return total
+
+
+def _peak_bytes(device: Any) -> int | None:
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return None if not stats else int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)))
+
+
+def _time(fn, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        out = fn()
+    import jax
+
+    jax.block_until_ready(out)
+    return (time.perf_counter() - t0) / n
+
+
+def build_state(cfg: Any, mesh: Any, rules: Any, dtype: Any, ckpt: Path | None):
+    """(graphdef, state, seconds): random weights initialised inside jit straight into their shards, or a
+    checkpoint through the sharded loader."""
+    import jax
+    from flax import nnx
+
+    from cortex_jax.sharding import state_shardings
+    from models.qwen36.decoder import Qwen36ForCausalLM
+    from models.qwen36.loading import abstract_model, load_model
+
+    t0 = time.perf_counter()
+    if ckpt is not None:
+        graphdef, state, _ = load_model(ckpt, dtype=dtype, mesh=mesh, rules=rules, with_mtp=False,
+                                        ignore_prefixes=("model.visual.",))
+    else:
+        graphdef, abstract = abstract_model(cfg, dtype=dtype, rules=rules, with_mtp=False, mesh=mesh)
+        shardings = state_shardings(abstract, mesh, rules)
+
+        def init():
+            model = Qwen36ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0), rules=rules, with_mtp=False, mesh=mesh)
+            return nnx.split(model)[1]
+
+        state = jax.jit(init, out_shardings=shardings)()
+    jax.block_until_ready(jax.tree.leaves(state))
+    return graphdef, state, time.perf_counter() - t0
+
+
+def decode_bytes_per_device(cfg: Any, params_dev: int, embed_dev: int, cache_dev: int, batch: int, tp: int) -> float:
+    """HBM bytes one decode step must move on one device: every weight but the embedding table (only B rows of
+    it are read), the whole cache shard (attention reads all S rows), and the GDN state written back."""
+    t = cfg.text
+    n_lin = sum(1 for k in t.layer_kinds if getattr(k, "value", k) != "full_attention")
+    rec_write = n_lin * batch * t.linear_num_value_heads * t.linear_key_head_dim * t.linear_value_head_dim * 4 / tp
+    return params_dev - embed_dev + cache_dev + rec_write
+
+
+def prefill_flops(cfg: Any, n_params_no_embed: int, length: int) -> float:
+    """Matmul FLOPs of one prompt (2·params·T) plus causal attention (2·T²·H·hd per full layer: QKᵀ and PV,
+    halved by the mask) and the chunked delta rule (~ 4·T·C·Hv·(dk+dv) per GDN layer, C = 64)."""
+    t = cfg.text
+    n_full = sum(1 for k in t.layer_kinds if getattr(k, "value", k) == "full_attention")
+    n_lin = len(t.layer_kinds) - n_full
+    attn = n_full * 2 * length * length * t.num_attention_heads * t.head_dim
+    gdn = n_lin * 4 * length * 64 * t.linear_num_value_heads * (t.linear_key_head_dim + t.linear_value_head_dim)
+    return 2.0 * n_params_no_embed * length + attn + gdn
+
+
+def run_mesh(args: argparse.Namespace, cfg: Any, dp: int, tp: int) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from cortex_jax.engine.cache import cache_shardings, init_cache
+    from cortex_jax.engine.steps import decode_positions, make_decode_step, make_prefill_step, text_positions
+    from cortex_jax.mesh import make_mesh
+    from cortex_jax.sharding import assert_sharded, rules_for
+
+    dtype = jnp.bfloat16
+    mesh = make_mesh(dp, tp)
+    rules = rules_for(cfg.text, mesh)
+    graphdef, state, init_s = build_state(cfg, mesh, rules, dtype, args.ckpt)
+    if tp > 1:
+        assert_sharded(state, rules=rules)
+    flat = {".".join(map(str, p)): v.get_value() for p, v in nnx.to_flat_state(state)}
+    embed_dev = flat["model.embed_tokens.embedding"].addressable_shards[0].data.nbytes
+    params_dev = _nbytes_per_device(state)
+    n_params = sum(int(np.prod(x.shape)) for x in flat.values())
+    n_embed = int(np.prod(flat["model.embed_tokens.embedding"].shape))
+    kind = jax.devices()[0].device_kind
+    peaks = device_peaks(kind)
+    rec: dict[str, Any] = {
+        "dp": dp, "tp": tp, "devices": dp * tp, "device_kind": kind, "init_s": round(init_s, 2),
+        "params": n_params, "params_bytes_per_device": params_dev, "kv_heads_replicated": rules.kv_heads is None,
+        "decode": {}, "peaks": peaks,
+    }
+    decode = make_decode_step(graphdef)
+    for batch in args.batches:
+        if batch % dp:
+            continue
+        s = args.ctx + args.steps + 2
+        csh = cache_shardings(cfg.text, batch, s, mesh, rules)
+        cache = init_cache(cfg.text, batch, s, dtype, csh)
+        cache = type(cache)(layers=cache.layers, lengths=jax.device_put(np.full(batch, args.ctx, np.int32),
+                                                                         csh.lengths))
+        cache_dev = _nbytes_per_device(cache)
+        tok = np.zeros(batch, np.int32)
+        pos = np.asarray(decode_positions(np.full(batch, args.ctx, np.int32)))
+        t0 = time.perf_counter()
+        logits, cache = decode(state, cache, tok, pos)
+        jax.block_until_ready(logits)
+        compile_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            logits, cache = decode(state, cache, tok, pos)
+        jax.block_until_ready((logits, cache))
+        ms = (time.perf_counter() - t0) / args.steps * 1e3
+        d = {"ms_per_step": round(ms, 3), "tok_per_s": round(batch / ms * 1e3, 1), "compile_s": round(compile_s, 1),
+             "cache_bytes_per_device": cache_dev}
+        if peaks:
+            need = decode_bytes_per_device(cfg, params_dev, embed_dev, cache_dev, batch // dp, tp)
+            d["roofline_ms"] = round(need / peaks[1] * 1e3, 3)
+            d["hbm_roofline_frac"] = round(d["roofline_ms"] / ms, 3)
+        rec["decode"][str(batch)] = d
+        del cache, logits
+
+    length = args.prefill_len
+    prefill = make_prefill_step(graphdef)
+    csh = cache_shardings(cfg.text, dp, length, mesh, rules)
+    toks = np.random.default_rng(0).integers(0, cfg.text.vocab_size, (dp, length)).astype(np.int32)
+    valid = np.ones((dp, length), bool)
+    pos = np.asarray(text_positions(np.zeros(dp, np.int32), valid))
+    times = []
+    for i in range(3):  # first run compiles
+        cache = init_cache(cfg.text, dp, length, dtype, csh)
+        jax.block_until_ready(cache)
+        t0 = time.perf_counter()
+        logits, cache = prefill(state, cache, toks, pos, valid)
+        jax.block_until_ready(logits)
+        times.append(time.perf_counter() - t0)
+        del cache
+    sec = min(times[1:])
+    p = {"len": length, "batch": dp, "tok_per_s": round(dp * length / sec, 1), "seconds": round(sec, 4),
+         "compile_s": round(times[0] - sec, 1)}
+    if peaks:
+        flops_dev = prefill_flops(cfg, n_params - n_embed, length) / tp  # each dp row is one device group's work
+        p["roofline_s"] = round(flops_dev / peaks[0], 4)
+        p["mfu"] = round(p["roofline_s"] / sec, 3)
+    rec["prefill"] = p
+    rec["peak_bytes_device0"] = _peak_bytes(jax.devices()[0])
+    return rec
+
+
+def write_table(results: list[dict[str, Any]], batches: list[int]) -> str:
+    head = ["mesh", "init s", "params GB/dev"]
+    for b in batches:
+        head += [f"decode b{b} ms", f"b{b} HBM roofline"]
+    head += ["prefill tok/s", "prefill MFU", "peak GB/dev"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        row = [f"{r['dp']}x{r['tp']}", str(r["init_s"]), f"{r['params_bytes_per_device'] / 1e9:.2f}"]
+        for b in batches:
+            d = r["decode"].get(str(b), {})
+            row += [str(d.get("ms_per_step", "—")), str(d.get("hbm_roofline_frac", "—"))]
+        pk = r.get("peak_bytes_device0")
+        row += [str(r["prefill"]["tok_per_s"]), str(r["prefill"].get("mfu", "—")),
+                "—" if pk is None else f"{pk / 1e9:.2f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(results: list[dict[str, Any]], batches: list[int], out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: skipping plots (pip install matplotlib)", file=sys.stderr)
+        return []
+    devs = [r["devices"] for r in results]
+    labels = [f"{r['dp']}x{r['tp']}" for r in results]
+    files = []
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for b in batches:
+        ms = [r["decode"].get(str(b), {}).get("ms_per_step", math.nan) for r in results]
+        ax[0].plot(devs, ms, "o-", label=f"batch {b}")
+        roof = [r["decode"].get(str(b), {}).get("roofline_ms", math.nan) for r in results]
+        if not all(math.isnan(x) for x in roof):
+            ax[0].plot(devs, roof, "--", label=f"batch {b} HBM roofline")
+    ax[0].set(title="decode", xlabel="devices", ylabel="ms / step", xscale="log", yscale="log")
+    ax[0].legend()
+    ax[1].plot(devs, [r["prefill"]["tok_per_s"] for r in results], "o-")
+    ax[1].set(title=f"prefill {results[0]['prefill']['len']} tokens", xlabel="devices", ylabel="tok/s",
+              xscale="log")
+    ax[2].bar(labels, [r["params_bytes_per_device"] / 1e9 for r in results], label="params")
+    ax[2].set(title="params per device", ylabel="GB")
+    fig.tight_layout()
+    f = out / "bench_sharding.png"
+    fig.savefig(f, dpi=120)
+    files.append(str(f))
+    return files
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.devices:
+        if not args.small:
+            raise SystemExit("--devices fakes CPU devices; use it with --small")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    import jax
+    import jax.numpy as jnp  # noqa: F401  (initialises the backend before the sweep)
+
+    from models.qwen36.config import Qwen36Config
+
+    if args.ckpt is not None:
+        cfg = Qwen36Config.from_dir(args.ckpt)
+    else:
+        cfg = Qwen36Config.from_hf(SMALL_TEXT if args.small else QWEN36_27B_TEXT)
+    n = jax.device_count()
+    meshes = ([tuple(int(v) for v in m.split("x")) for m in args.meshes.split(",")] if args.meshes
+              else default_meshes(n))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for dp, tp in meshes:
+        if dp * tp > n:
+            print(f"skip {dp}x{tp}: only {n} devices", file=sys.stderr)
+            continue
+        try:
+            rec = run_mesh(args, cfg, dp, tp)
+        except ValueError as e:  # e.g. a tp that splits a head
+            print(f"skip {dp}x{tp}: {e}", file=sys.stderr)
+            continue
+        except Exception as e:  # noqa: BLE001 (out of memory on small meshes: record and go on)
+            print(f"{dp}x{tp} failed: {type(e).__name__}: {str(e)[:500]}", file=sys.stderr)
+            results.append({"dp": dp, "tp": tp, "devices": dp * tp, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+            continue
+        results.append(rec)
+        print(json.dumps(rec), flush=True)
+    ok = [r for r in results if "error" not in r]
+    env = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": n,
+           "device_kind": jax.devices()[0].device_kind, "small": args.small, "ctx": args.ctx,
+           "steps": args.steps, "batches": args.batches, "prefill_len": args.prefill_len,
+           "ckpt": None if args.ckpt is None else str(args.ckpt)}
+    (args.out / "results.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
+    table = write_table(ok, args.batches) if ok else "no successful runs\n"
+    failed = "".join(f"\n* {r['dp']}x{r['tp']}: {r['error']}" for r in results if "error" in r)
+    (args.out / "results.md").write_text(
+        f"# bench_sharding ({env['device_kind']}, jax {env['jax']}, ctx {args.ctx}, prefill {args.prefill_len})\n\n"
+        + table + failed + "\n"
+    )
+    plots = write_plots(ok, args.batches, args.out) if ok else []
+    print(table)
+    print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}" + "".join(f", {p}" for p in plots))
+
+
+if __name__ == "__main__":
+    main()
