@@ -23,7 +23,7 @@ from gateway.fleet import Fleet
 from gateway.loader import ModelManager
 from gateway.metrics import UNKNOWN, Metrics, RequestTimer
 from gateway.settings import Settings
-from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_events
+from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_batches
 
 _JSON = {"content-type": "application/json"}
 # Codes meaning "this node does not have the model loaded (any more)": the gateway's view was stale.
@@ -46,17 +46,17 @@ class Completed:
 
 
 class UpstreamStream:
-    """An open upstream SSE stream whose first event has arrived. Iterate `events()` exactly once."""
+    """An open upstream SSE stream whose first bytes have arrived. Iterate `batches()` or `events()` once."""
 
-    def __init__(self, proxy: Proxy, node: str, model: str, resp: httpx.Response, first: bytes,
-                 rest: AsyncIterator[bytes], timer: RequestTimer):
+    def __init__(self, proxy: Proxy, node: str, model: str, resp: httpx.Response, first: list[bytes],
+                 rest: AsyncIterator[list[bytes]], timer: RequestTimer):
         self.proxy, self.node, self.model, self.timer = proxy, node, model, timer
         self._resp, self._first, self._rest = resp, first, rest
         self.usage: dict[str, Any] | None = None
         self._closed = False
 
     async def aclose(self, status: str = "499") -> None:
-        """Close the upstream response and account the request (idempotent; `events()` does it itself)."""
+        """Close the upstream response and account the request (idempotent; `batches()` does it itself)."""
         if self._closed:
             return
         self._closed = True
@@ -66,30 +66,37 @@ class UpstreamStream:
             self.proxy.fleet.end(self.model, self.node)
             self.timer.finish(status, self.usage)
 
-    async def events(self) -> AsyncIterator[tuple[bytes, dict[str, Any] | None]]:
-        """Yield (raw SSE event, parsed chunk when it carries usage or an error, else None).
+    async def batches(self) -> AsyncIterator[list[tuple[bytes, dict[str, Any] | None]]]:
+        """Per upstream read, the complete SSE events it finished: (raw event, parsed chunk when it carries
+        usage or an error, else None). Nothing waits for more data than one read brought.
 
-        Raises `UpstreamError` if the neuron fails or errors mid-stream or ends without `[DONE]`. Closing the
-        iterator early (client gone) closes the upstream connection, which cancels the neuron's request.
+        Raises `UpstreamError` if the neuron fails or errors mid-stream or ends without `[DONE]` (events before
+        the failure are yielded first). Closing the iterator early (client gone) closes the upstream
+        connection, which cancels the neuron's request.
         """
         status, done = "499", False
-        event: bytes | None = self._first
+        batch: list[bytes] | None = self._first
         try:
-            while event is not None:
-                data = event_data(event)
-                chunk = None
-                if data == b"[DONE]":
-                    done = True
-                elif data is not None:
-                    self.timer.first_token()
-                    if b'"usage"' in data or data.startswith(b'{"error"'):
-                        chunk = json.loads(data)
-                        if isinstance(chunk.get("error"), dict) and not chunk.get("choices"):
-                            raise UpstreamError(502, chunk["error"])
-                        if chunk.get("usage"):
-                            self.usage = chunk["usage"]
-                yield event, chunk
-                event = await anext(self._rest, None)
+            while batch is not None:
+                out: list[tuple[bytes, dict[str, Any] | None]] = []
+                for event in batch:
+                    data = event_data(event)
+                    chunk = None
+                    if data == b"[DONE]":
+                        done = True
+                    elif data is not None:
+                        self.timer.first_token()
+                        if b'"usage"' in data or data.startswith(b'{"error"'):
+                            chunk = json.loads(data)
+                            if isinstance(chunk.get("error"), dict) and not chunk.get("choices"):
+                                if out:
+                                    yield out
+                                raise UpstreamError(502, chunk["error"])
+                            if chunk.get("usage"):
+                                self.usage = chunk["usage"]
+                    out.append((event, chunk))
+                yield out
+                batch = await anext(self._rest, None)
             if not done:
                 raise UpstreamError.make(502, f"neuron {self.node} ended the stream before it finished",
                                          code="upstream_stream_truncated")
@@ -105,6 +112,16 @@ class UpstreamStream:
             raise
         finally:
             await self.aclose(status)
+
+    async def events(self) -> AsyncIterator[tuple[bytes, dict[str, Any] | None]]:
+        """`batches()` flattened: one (raw event, parsed chunk or None) at a time."""
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for item in batch:
+                    yield item
+        finally:
+            await batches.aclose()
 
 
 class Proxy:
@@ -178,21 +195,26 @@ class Proxy:
         return UpstreamStream(self, node, model, resp, first, rest, timer), want_usage
 
     async def relay(self, stream: UpstreamStream, want_usage: bool) -> AsyncIterator[bytes]:
-        """SSE bytes for an OpenAI client: events as they come, the usage chunk dropped unless it was asked
-        for, and a final `data: {"error": ...}` event if the stream fails midway."""
-        events = stream.events()
+        """SSE bytes for an OpenAI client: whatever each upstream read completed, at once (one write), the
+        usage chunk dropped unless it was asked for, and a final `data: {"error": ...}` event if the stream
+        fails midway."""
+        batches = stream.batches()
         try:
-            async for raw, chunk in events:
-                if chunk is not None and chunk.get("usage") and not want_usage:
-                    if not chunk.get("choices"):
-                        continue
-                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    raw = b"data: " + json.dumps(chunk).encode()
-                yield raw + b"\n\n"
+            async for batch in batches:
+                out = []
+                for raw, chunk in batch:
+                    if chunk is not None and chunk.get("usage") and not want_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                        raw = b"data: " + json.dumps(chunk).encode()
+                    out.append(raw)
+                if out:
+                    yield b"\n\n".join(out) + b"\n\n"
         except UpstreamError as exc:
             yield error_event(exc)
         finally:
-            await events.aclose()
+            await batches.aclose()
 
     async def send_to(self, node: str, path: str, body: dict[str, Any]) -> httpx.Response:
         """One plain JSON POST to a node (tokenize, admin); transport errors become `UpstreamError`."""
@@ -270,6 +292,6 @@ async def _read_all(resp: httpx.Response) -> bytes:
         await resp.aclose()
 
 
-async def _read_first_event(resp: httpx.Response) -> tuple[bytes, AsyncIterator[bytes]]:
-    events = sse_events(resp.aiter_bytes())
-    return await anext(events), events
+async def _read_first_event(resp: httpx.Response) -> tuple[list[bytes], AsyncIterator[list[bytes]]]:
+    batches = sse_batches(resp.aiter_bytes())
+    return await anext(batches), batches

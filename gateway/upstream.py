@@ -49,22 +49,22 @@ def error_from_transport(node: str, exc: Exception) -> UpstreamError:
                               code="upstream_unavailable")
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Split a byte stream into SSE events (without the blank-line separator), as soon as each is complete."""
+async def sse_batches(chunks: AsyncIterator[bytes]) -> AsyncIterator[list[bytes]]:
+    """Split a byte stream into SSE events (without the blank-line separator): per read, the events it
+    completed, as soon as it arrives (reads that complete none yield nothing)."""
     buf = b""
     async for chunk in chunks:
-        if b"\r" in chunk:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buf += chunk
-        while True:
-            end = buf.find(b"\n\n")
-            if end < 0:
-                break
-            event, buf = buf[:end], buf[end + 2:]
-            if event:
-                yield event
-    if buf.strip():
-        yield buf.strip(b"\n")
+        if b"\r" in chunk:  # CRLF framing: normalise (a split "\r" | "\n" pair is joined in buf first)
+            buf = buf.replace(b"\r\n", b"\n")
+        if b"\n\n" not in buf:
+            continue
+        *events, buf = buf.split(b"\n\n")
+        events = [e for e in events if e]
+        if events:
+            yield events
+    if buf.strip(b"\n"):
+        yield [buf.strip(b"\n")]
 
 
 def event_data(event: bytes) -> bytes | None:

@@ -59,6 +59,10 @@ class NullDetokenizer:
         return ""
 
 
+def dev_is_cpu() -> bool:
+    return jax.devices()[0].platform == "cpu"
+
+
 def slots_that_fit(cfg: Any, context: int, weight_bytes: int, reserve: float, dtype) -> tuple[int, int, int]:
     """(slots, per-slot bytes, budget) from the device's allocator limit minus weights and a workspace reserve
     (prefill attention scores over the cache, logits, the one-row prefill copy)."""
@@ -118,12 +122,12 @@ def main() -> None:
 
     levels = [int(c) for c in args.concurrency.split(",") if c]
     cfg = Qwen36Config.from_hf(SMALL_TEXT if args.small else QWEN36_27B_TEXT)
-    dtype = jnp.bfloat16
+    dtype = jnp.float32 if dev_is_cpu() else jnp.bfloat16  # XLA:CPU emulates bf16 slowly; GPU runs bf16
     dev = jax.devices()[0]
     res: dict[str, Any] = {"device": dev.device_kind, "platform": dev.platform, "jax": jax.__version__,
                            "date": time.strftime("%Y-%m-%d"), "config": "small" if args.small else "qwen3.6-27b",
                            "prompt_len": args.prompt_len, "output_len": args.output_len, "chunk": args.chunk,
-                           "temperature": args.temperature, "levels": []}
+                           "temperature": args.temperature, "dtype": jnp.dtype(dtype).name, "levels": []}
 
     t0 = time.perf_counter()
     graphdef, abstract = abstract_model(cfg, dtype=dtype)
@@ -137,7 +141,7 @@ def main() -> None:
     res.update(params=counts, weight_bytes=weight_bytes, context=context, slots=slots, per_slot_bytes=per_slot,
                init_s=time.perf_counter() - t0)
     print(f"{dev.device_kind}: {counts['total'] / 1e9:.2f} B params, {weight_bytes / 2**30:.1f} GiB weights; "
-          f"{slots} slots x {context} tokens at {per_slot / 2**20:.0f} MiB each", flush=True)
+          f"{slots} slots x {context} tokens at {per_slot / 2**20:.1f} MiB each", flush=True)
 
     runner = runner_for_model(graphdef, state, cfg, num_slots=slots, max_context=context, cache_dtype=dtype,
                               prefill_buckets=(args.chunk,))

@@ -36,6 +36,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bench"
 CHUNKS = 8
+KEY = "sk-bench-" + "5f1c2a9e8d7b6a4c3e2f1a0b9c8d7e6f"  # both proxies require it (auth on, like production)
 
 
 # ----------------------------------------------------------------------------- the fast upstream
@@ -163,7 +164,7 @@ async def one(client: httpx.AsyncClient, url: str, stream: bool) -> float:
 async def measure(base: str, stream: bool, n: int, concurrency: int) -> dict[str, float]:
     url = base + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits, headers={"Authorization": "Bearer sk-bench"}) as c:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers={"Authorization": f"Bearer {KEY}"}) as c:
         for _ in range(20):
             await one(c, url, stream)  # warm up connections and caches
         lat = sorted([await one(c, url, stream) for _ in range(n)])
@@ -205,6 +206,7 @@ def main() -> None:
         wait_http(upstream + "/health")
         (tmp / "cortex.toml").write_text(
             f'[gateway]\nlisten = "127.0.0.1:{gw_port}"\nmetrics_listen = "127.0.0.1:{free_port()}"\n'
+            f'api_keys = ["{KEY}"]\n'
             f'[[neurons]]\nname = "bench"\nendpoint = "{upstream}"\n')
         procs.append(start([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "cortex.toml"),
                             "--log-level", "warning"], tmp / "gateway.log"))
@@ -215,7 +217,8 @@ def main() -> None:
             (tmp / "litellm.yaml").write_text(
                 f"model_list:\n  - model_name: {MODEL}\n    litellm_params:\n      model: openai/{MODEL}\n"
                 f"      api_base: {upstream}/v1\n      api_key: sk-bench\n"
-                "litellm_settings:\n  telemetry: false\n  set_verbose: false\n")
+                "litellm_settings:\n  telemetry: false\n  set_verbose: false\n"
+                f"general_settings:\n  master_key: {KEY}\n")
             procs.append(start([litellm, "--config", str(tmp / "litellm.yaml"), "--host", "127.0.0.1", "--port",
                                 str(ll_port), "--num_workers", "1"], tmp / "litellm.log",
                                {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}))

@@ -21,7 +21,7 @@ from serving.errors import ApiError
 from serving.generation import Fanout
 from serving.protocol import ChatCompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
-from serving.streaming import StreamContext, first_event
+from serving.streaming import GuardedBody, StreamContext, first_event
 
 
 class ChatService:
@@ -68,7 +68,7 @@ class ChatService:
             if not req.stream:
                 return await self._complete(req, plan, ctx, request_id)
             first = await first_event(ctx, self.settings.keepalive_s)
-            return self._stream(req, plan, ctx, first, request_id)
+            return GuardedBody(self._stream(req, plan, ctx, first, request_id), ctx)
         except BaseException:
             if ctx is not None:
                 await ctx.close()

@@ -17,7 +17,7 @@ from serving.errors import ApiError, bad_request, unsupported
 from serving.generation import Fanout
 from serving.protocol import CompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
-from serving.streaming import StreamContext, first_event
+from serving.streaming import GuardedBody, StreamContext, first_event
 
 
 def prompt_list(prompt: Any, model: Any) -> list[tuple[list[int], str]]:
@@ -86,7 +86,7 @@ class CompletionService:
             if not req.stream:
                 return await self._complete(req, prompts, ctx, request_id)
             first = await first_event(ctx, self.settings.keepalive_s)
-            return self._stream(req, prompts, ctx, first, request_id)
+            return GuardedBody(self._stream(req, prompts, ctx, first, request_id), ctx)
         except BaseException:
             if ctx is not None:
                 await ctx.close()

@@ -101,26 +101,33 @@ class Registry:
         return [e for e in self.entries.values() if e.state is ModelState.LOADED]
 
     # ---- load -----------------------------------------------------------------------------------------
+    async def _settled(self, entry: ModelEntry, busy: ModelState) -> None:
+        """Hold the lock with ``entry`` not in state ``busy``: its running task is awaited *outside* the lock."""
+        while True:
+            await self._lock.acquire()
+            task = entry.task if entry.state is busy else None
+            if task is None:
+                return  # caller releases the lock
+            self._lock.release()
+            await asyncio.shield(task)
+
     async def load(self, model_id: str, tensor_parallel: int | None = None, wait: bool = True) -> ModelEntry:
         entry = self.entry(model_id)
         if self.draining:
             raise ApiError(503, "The neuron is shutting down", "shutting_down")
-        async with self._lock:
-            if entry.state is ModelState.UNLOADING and entry.task is not None:
-                await asyncio.shield(entry.task)  # let the unload finish, then load afresh
+        await self._settled(entry, ModelState.UNLOADING)  # an unload in progress finishes first
+        try:
             if entry.state in (ModelState.LOADED, ModelState.LOADING):
                 if tensor_parallel is not None and tensor_parallel != entry.tensor_parallel:
-                    raise ApiError(
-                        409,
-                        f"'{model_id}' is {entry.state} with tensor_parallel="
-                        f"{entry.tensor_parallel}; unload it first to change it",
-                        "tp_conflict",
-                        "tensor_parallel",
-                    )
+                    raise ApiError(409, f"'{model_id}' is {entry.state} with tensor_parallel="
+                                   f"{entry.tensor_parallel}; unload it first to change it", "tp_conflict",
+                                   "tensor_parallel")
                 if entry.state is ModelState.LOADED:
                     return entry
             else:
                 await self._start_load(entry, tensor_parallel or self.settings.tensor_parallel)
+        finally:
+            self._lock.release()
         task = entry.task
         if wait and task is not None and entry.state is ModelState.LOADING:
             await asyncio.shield(task)
@@ -194,15 +201,16 @@ class Registry:
     # ---- unload ---------------------------------------------------------------------------------------
     async def unload(self, model_id: str, mode: str = "drain") -> ModelEntry:
         entry = self.entry(model_id)
-        async with self._lock:
-            if entry.state is ModelState.LOADING and entry.task is not None:
-                await asyncio.shield(entry.task)
+        await self._settled(entry, ModelState.LOADING)  # a load in progress finishes first
+        try:
             if entry.state is ModelState.FAILED:
                 entry.state, entry.reason, entry.progress = ModelState.AVAILABLE, None, 0.0
             if entry.state is ModelState.LOADED:
                 entry.state, entry.stage = ModelState.UNLOADING, f"unloading ({mode})"
                 entry.task = asyncio.create_task(self._run_unload(entry, mode), name=f"unload:{entry.id}")
             task = entry.task if entry.state is ModelState.UNLOADING else None
+        finally:
+            self._lock.release()
         if task is not None:
             await asyncio.shield(task)
         return entry

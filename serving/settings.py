@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", dest="models", action="append", metavar="ID=PATH", help="servable model (repeat)"
     )
     p.add_argument("--load", action="append", metavar="ID", help="load at start (repeat or comma-separated)")
+    p.add_argument("--embedded", dest="embedded", action="store_const", const="true",
+                   help="also serve the embedded qwen3.6-tiny model next to configured ones")
     p.add_argument(
         "--no-embedded",
         dest="embedded",

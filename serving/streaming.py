@@ -81,3 +81,32 @@ async def first_event(ctx: StreamContext, keepalive_s: float) -> Any:
         return await ctx.events(keepalive_s).__anext__()
     except StopAsyncIteration:
         return None
+
+
+class GuardedBody:
+    """The SSE body handed to Quart. If it is dropped without having run to the end (the client went away
+    before the body started, so the generator's ``finally`` never runs), it still cancels the engine streams
+    and releases the model lease."""
+
+    def __init__(self, body: AsyncIterator[str], ctx: StreamContext):
+        self._body = body
+        self._ctx = ctx
+
+    def __aiter__(self) -> GuardedBody:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._body.__anext__()
+
+    async def aclose(self) -> None:
+        try:
+            await self._body.aclose()
+        finally:
+            await self._ctx.close()  # no-op when the body's own ``finally`` already closed it
+
+    def __del__(self) -> None:
+        ctx = self._ctx
+        if not ctx._closed:
+            ctx._closed = True
+            ctx.fan._cancel_all()
+            ctx.lease.release()

@@ -92,6 +92,7 @@ class Engine:
         self._drain = True
         self._failed: BaseException | None = None
         self._posts: list = []
+        self._pending: tuple | None = None  # (rows, device SampleOut) of the decode step not yet read
         self._counts = Counter()
         self._finished: Counter[str] = Counter()
         if config.warmup:
@@ -235,13 +236,25 @@ class Engine:
             sched.mark_prefilled(chunk)
             self._counts["prefill_chunks"] += 1
             if res is not None:
+                seq.n_dispatched = 1
                 self._emit(seq, res, 0)
-        rows = sched.decode_rows()
+        # Pipelining: dispatch this step's decode *before* reading the previous one's tokens, so the device
+        # never waits for the host's bookkeeping. Inputs stay on device (last_token), so the only cost is that a
+        # request finishing at step N still has a row computed at N+1, whose token is dropped.
+        rows = [s if s is not None and s.n_dispatched < s.max_new and not s.cancelled else None
+                for s in sched.decode_rows()]
         live = [s for s in rows if s is not None]
+        dispatched = None
         if live:
-            res = runner.decode([s.sampling_row() if s else None for s in rows], num_top=_num_top(live))
+            out = runner.decode_async([s.sampling_row() if s else None for s in rows], num_top=_num_top(live))
+            for seq in live:
+                seq.n_dispatched += 1
             self._counts["decode_steps"] += 1
-            for i, seq in enumerate(rows):
+            dispatched = (rows, out)
+        pending, self._pending = self._pending, dispatched
+        if pending is not None:
+            res = runner.to_host(pending[1])
+            for i, seq in enumerate(pending[0]):
                 if seq is not None:
                     self._emit(seq, res, i)
 
@@ -258,7 +271,7 @@ class Engine:
         seq.positions, seq.input_embeds, seq.rope_delta = prep.positions, prep.input_embeds, prep.rope_delta
 
     def _emit(self, seq: Sequence, res, i: int) -> None:
-        if seq.cancelled:  # cancelled during this iteration: its abort delta is already queued
+        if seq.cancelled or seq.status is Status.DONE:  # cancelled, or finished by the step before
             return
         delta = seq.out.on_token(int(res.tokens[i]), float(res.logprobs[i]), res.top_ids[i],
                                  res.top_logprobs[i])

@@ -205,16 +205,18 @@ class Runner:
         # fresh pool followed by the (committed) pool a step returns would compile each step twice.
         self.pool = jax.device_put(self.pool, jax.tree.map(lambda x: x.sharding, self.pool))
         shardings = None if mesh is None else jax.tree.map(lambda x: x.sharding, self.pool)
+        cache_b = sum(x.nbytes for x in jax.tree.leaves(self.pool.cache))
+        total_b = sum(x.nbytes for x in jax.tree.leaves(self.pool))
+        self._pool_bytes = {"cache_bytes": cache_b, "sampler_bytes": total_b - cache_b, "total_bytes": total_b,
+                            "per_slot_bytes": total_b // s}
         self._prefill = partial(_prefill_jit, fns, shardings)
         self._decode = partial(_decode_jit, fns, shardings)
 
     # ---- memory ---------------------------------------------------------------------------------
     def pool_bytes(self) -> dict[str, int]:
-        """Device bytes of the slot pool: model cache, penalty histograms, total and per slot."""
-        cache = sum(x.nbytes for x in jax.tree.leaves(self.pool.cache))
-        total = sum(x.nbytes for x in jax.tree.leaves(self.pool))
-        return {"cache_bytes": cache, "sampler_bytes": total - cache, "total_bytes": total,
-                "per_slot_bytes": total // self.num_slots}
+        """Device bytes of the slot pool (fixed at construction): model cache, penalty histograms, total and
+        per slot."""
+        return dict(self._pool_bytes)
 
     def bucket(self, n: int) -> int:
         i = bisect.bisect_left(self.buckets, n)
@@ -248,8 +250,17 @@ class Runner:
 
     def decode(self, rows: Sequence[tuple | None], num_top: int = 0) -> HostSample:
         """One decode step over all slots; ``rows[i]`` is ``(SamplingParams, seed, step)`` or None (idle)."""
+        return self.to_host(self.decode_async(rows, num_top))
+
+    def decode_async(self, rows: Sequence[tuple | None], num_top: int = 0) -> SampleOut:
+        """Dispatch a decode step without waiting: returns the device-side result (read it with ``to_host``).
+        The next step may be dispatched first; it chains on the pool on device."""
         active = np.array([r is not None for r in rows], bool)
         self.pool, out = self._decode(self.state, self.pool, active, pack_rows(rows), num_top=num_top)
+        return out
+
+    @staticmethod
+    def to_host(out: SampleOut) -> HostSample:
         return _to_host(out)
 
     def lengths(self) -> np.ndarray:

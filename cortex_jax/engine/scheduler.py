@@ -47,6 +47,7 @@ class Sequence:
     status: Status = Status.WAITING
     slot: int = -1
     n_prefilled: int = 0
+    n_dispatched: int = 0  # tokens whose sampling has been dispatched (≥ len(output_ids): steps run ahead)
     output_ids: list[int] = field(default_factory=list)
     positions: np.ndarray | None = None
     input_embeds: Any = None
@@ -63,8 +64,8 @@ class Sequence:
         return self.request.sampling
 
     def sampling_row(self) -> tuple[SamplingParams, int, int]:
-        """``(params, seed, step)`` for the sampler; step = tokens generated so far (the PRNG fold-in)."""
-        return self.params, self.seed, len(self.output_ids)
+        """``(params, seed, step)`` for the sampler; step = index of the token being sampled (noise key)."""
+        return self.params, self.seed, self.n_dispatched
 
     def chunk_positions(self, start: int, end: int) -> np.ndarray:
         if self.positions is not None:
