@@ -10,7 +10,9 @@ a failure ends the stream with an error event. Streams are relayed event by even
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +27,7 @@ from gateway.metrics import UNKNOWN, Metrics, RequestTimer
 from gateway.settings import Settings
 from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_batches
 
+log = logging.getLogger(__name__)
 _JSON = {"content-type": "application/json"}
 # Codes meaning "this node does not have the model loaded (any more)": the gateway's view was stale.
 STALE_CODES = ("model_not_found", "model_not_loaded", "model_loading", "model_unloading")
@@ -133,10 +136,12 @@ class Proxy:
         self.client, self.metrics = client, metrics
         self._background: set[asyncio.Task] = set()
 
-    def prepare(self, body: Any, *, stream: bool) -> tuple[str, dict[str, Any], bool]:
+    def prepare(self, body: Any, *, stream: bool, raw: bytes | None = None) -> tuple[str, bytes, bool]:
         """Validate the envelope and resolve the model; streams always ask upstream for usage.
 
-        Returns (canonical model id, body to send, whether the client asked for the usage chunk).
+        Returns (canonical model id, JSON to send, whether the client asked for the usage chunk). When nothing
+        needs changing and the client's `raw` bytes are given, they are sent as they are (large multimodal
+        bodies are not re-encoded).
         """
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object")
@@ -146,21 +151,26 @@ class Proxy:
         if "stream" in body and not isinstance(body["stream"], bool):
             raise bad_request("'stream' must be a boolean", param="stream")
         model = self.catalog.resolve(name)
-        out = dict(body, model=model, stream=stream)
+        changes: dict[str, Any] = {} if model == name else {"model": model}
+        if bool(body.get("stream")) != stream:
+            changes["stream"] = stream
         want_usage = False
         if stream:
             opts = body.get("stream_options")
             if opts is not None and not isinstance(opts, dict):
                 raise bad_request("'stream_options' must be an object", param="stream_options")
-            want_usage = bool((opts or {}).get("include_usage"))
-            out["stream_options"] = {**(opts or {}), "include_usage": True}
-        return model, out, want_usage
+            want_usage = (opts or {}).get("include_usage") is True
+            if not want_usage:
+                changes["stream_options"] = {**(opts or {}), "include_usage": True}
+        if raw is not None and not changes:
+            return model, raw, want_usage
+        return model, json.dumps(body | changes).encode(), want_usage
 
-    async def request(self, path: str, body: Any, *, api: str) -> Completed:
+    async def request(self, path: str, body: Any, *, api: str, raw: bytes | None = None) -> Completed:
         """Non-stream call with retries before the response; records metrics."""
         timer = self.metrics.timer(UNKNOWN, api)
         try:
-            model, payload, _ = self.prepare(body, stream=False)
+            model, payload, _ = self.prepare(body, stream=False, raw=raw)
             timer.model = model
             node, resp, content = await self._attempts(path, model, payload, timer, _read_all)
         except UpstreamError as exc:
@@ -179,11 +189,12 @@ class Proxy:
         timer.finish(resp.status_code, usage)
         return Completed(node, resp.status_code, content, usage)
 
-    async def open_stream(self, path: str, body: Any, *, api: str) -> tuple[UpstreamStream, bool]:
+    async def open_stream(self, path: str, body: Any, *, api: str,
+                          raw: bytes | None = None) -> tuple[UpstreamStream, bool]:
         """Open a stream (its first event has arrived); returns it and whether the client wants usage."""
         timer = self.metrics.timer(UNKNOWN, api)
         try:
-            model, payload, want_usage = self.prepare(body, stream=True)
+            model, payload, want_usage = self.prepare(body, stream=True, raw=raw)
             timer.model = model
             node, resp, (first, rest) = await self._attempts(path, model, payload, timer, _read_first_event)
         except UpstreamError as exc:
@@ -195,25 +206,46 @@ class Proxy:
         return UpstreamStream(self, node, model, resp, first, rest, timer), want_usage
 
     async def relay(self, stream: UpstreamStream, want_usage: bool) -> AsyncIterator[bytes]:
-        """SSE bytes for an OpenAI client: whatever each upstream read completed, at once (one write), the
-        usage chunk dropped unless it was asked for, and a final `data: {"error": ...}` event if the stream
-        fails midway."""
+        """SSE bytes for an OpenAI client, never held back: a pump task reads upstream while the client is
+        written to, and whatever has arrived by the time of a write goes out in that one write (one event per
+        token from a live neuron; a burst from a fast one). The usage chunk is dropped unless it was asked
+        for; a failure midway ends the stream with a `data: {"error": ...}` event."""
         batches = stream.batches()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for batch in batches:
+                    queue.put_nowait(batch)
+                queue.put_nowait(None)
+            except UpstreamError as exc:
+                queue.put_nowait(exc)
+            except Exception as exc:  # a bug must end the stream cleanly, not leave the client hanging
+                log.exception("relaying the stream from %s failed", stream.node)
+                queue.put_nowait(UpstreamError.make(500, f"gateway error while relaying: {exc}"))
+
+        task = asyncio.create_task(pump())
         try:
-            async for batch in batches:
-                out = []
-                for raw, chunk in batch:
-                    if chunk is not None and chunk.get("usage") and not want_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                        raw = b"data: " + json.dumps(chunk).encode()
-                    out.append(raw)
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                out: list[bytes] = []
+                for item in items:
+                    if item is None or isinstance(item, UpstreamError):
+                        if out:
+                            yield b"\n\n".join(out) + b"\n\n"
+                        if item is not None:
+                            yield error_event(item)
+                        return
+                    out += _client_events(item, want_usage)
                 if out:
                     yield b"\n\n".join(out) + b"\n\n"
-        except UpstreamError as exc:
-            yield error_event(exc)
         finally:
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
             await batches.aclose()
 
     async def send_to(self, node: str, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -231,10 +263,9 @@ class Proxy:
         task.add_done_callback(self._background.discard)
 
     async def _attempts(
-        self, path: str, model: str, payload: dict[str, Any], timer: RequestTimer,
+        self, path: str, model: str, content: bytes, timer: RequestTimer,
         read_first: Callable[[httpx.Response], Awaitable[Any]],
     ) -> tuple[str, httpx.Response, Any]:
-        content = json.dumps(payload).encode()
         tried: set[str] = set()
         last: UpstreamError | None = None
         stale_retry = True
@@ -283,6 +314,17 @@ class Proxy:
                 raise
         assert last is not None
         raise last
+
+
+def _client_events(batch: list[tuple[bytes, dict[str, Any] | None]], want_usage: bool) -> list[bytes]:
+    out = []
+    for raw, chunk in batch:
+        if chunk is not None and chunk.get("usage") and not want_usage:
+            if not chunk.get("choices"):
+                continue
+            raw = b"data: " + json.dumps({k: v for k, v in chunk.items() if k != "usage"}).encode()
+        out.append(raw)
+    return out
 
 
 async def _read_all(resp: httpx.Response) -> bytes:

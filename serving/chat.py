@@ -103,6 +103,7 @@ class ChatService:
                     "index": a.index,
                     "message": message,
                     "finish_reason": finish,
+                    "stop_reason": a.stop_reason,
                     "logprobs": {"content": R.chat_logprobs(a.logprobs, req.top_logprobs or 0)}
                     if req.logprobs
                     else None,
@@ -146,7 +147,9 @@ class ChatService:
                 reason = delta.finish_reason
                 if reason == "stop" and tr.tool_calls:
                     reason = "tool_calls"
-                out.append(sse.data(R.chat_chunk(cid, created, req.model, index, {}, reason)))
+                out.append(
+                    sse.data(R.chat_chunk(cid, created, req.model, index, {}, reason, stop_reason=delta.stop_reason))
+                )
             return out
 
         try:

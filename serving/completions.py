@@ -119,7 +119,13 @@ class CompletionService:
                 else None
             )
             choices.append(
-                {"index": a.index, "text": echo + a.text, "finish_reason": a.finish_reason, "logprobs": lp}
+                {
+                    "index": a.index,
+                    "text": echo + a.text,
+                    "finish_reason": a.finish_reason,
+                    "stop_reason": a.stop_reason,
+                    "logprobs": lp,
+                }
             )
         n_prompt = sum(len(ids) for ids, _ in prompts)
         usage = R.usage_dict(n_prompt, sum(a.completion_tokens for a in accs))
@@ -150,7 +156,9 @@ class CompletionService:
                     offsets[index] += sum(len(x.token) for x in delta.logprobs)
                 if text or lp or delta.finish_reason is not None or delta.token_ids:
                     yield sse.data(
-                        R.completion_chunk(cid, created, req.model, index, text, delta.finish_reason, lp)
+                        R.completion_chunk(
+                            cid, created, req.model, index, text, delta.finish_reason, lp, delta.stop_reason
+                        )
                     )
             if req.stream_options is not None and req.stream_options.include_usage:
                 usage = R.usage_dict(ctx.prompt_tokens, ctx.completion_tokens)

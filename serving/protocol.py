@@ -113,7 +113,10 @@ class ChatMessage(Strict):
             raise ValueError(f"a {self.role} message needs 'content'")
         if self.role == "tool" and self.content is None:
             raise ValueError("a tool message needs 'content'")
-        if self.role != "user" and isinstance(self.content, list) and any(p.type != "text" for p in self.content):
+        # images: user turns, and tool results (Anthropic tool_result blocks with images arrive as these)
+        if self.role not in ("user", "tool") and isinstance(self.content, list) and any(
+            p.type != "text" for p in self.content
+        ):
             raise ValueError(f"{self.role} messages may only contain text parts")
         if self.reasoning and not self.reasoning_content:
             self.reasoning_content = self.reasoning

@@ -66,6 +66,7 @@ class ChoiceAccumulator:
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # the stop string or stop token id that matched (vLLM convention)
     completion_tokens: int = 0
     prompt_tokens: int | None = None
     decode_tokens_per_s: float | None = None
@@ -76,6 +77,7 @@ class ChoiceAccumulator:
         self.completion_tokens += len(d.token_ids)
         if d.finish_reason is not None:
             self.finish_reason = d.finish_reason
+            self.stop_reason = d.stop_reason
             if d.usage is not None:
                 self.completion_tokens = d.usage.completion_tokens
                 self.prompt_tokens = d.usage.prompt_tokens
@@ -105,9 +107,13 @@ def chat_chunk(
     delta: dict[str, Any],
     finish_reason: str | None = None,
     logprobs: list[dict[str, Any]] | None = None,
+    stop_reason: str | int | None = None,
 ) -> dict[str, Any]:
+    """One chunk; the finishing one (``finish_reason`` set) also names the matched stop in ``stop_reason``."""
     choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish_reason}
     choice["logprobs"] = {"content": logprobs} if logprobs is not None else None
+    if finish_reason is not None:
+        choice["stop_reason"] = stop_reason
     return {
         "id": rid,
         "object": "chat.completion.chunk",
@@ -142,13 +148,17 @@ def completion_chunk(
     text: str,
     finish_reason: str | None,
     logprobs: dict[str, Any] | None,
+    stop_reason: str | int | None = None,
 ) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
+    if finish_reason is not None:
+        choice["stop_reason"] = stop_reason
     return {
         "id": rid,
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": index, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}],
+        "choices": [choice],
     }
 
 

@@ -90,7 +90,6 @@ class Engine:
         self._n_waiting = 0
         self._closing = False
         self._drain = True
-        self._failed: BaseException | None = None
         self._posts: list = []
         self._pending: tuple | None = None  # (rows, device SampleOut) of the decode step not yet read
         self._counts = Counter()

@@ -12,10 +12,15 @@ from gateway.errors import bad_request
 
 async def json_body() -> Any:
     """The request body parsed as JSON, or a 400 naming the problem."""
+    return (await json_body_raw())[0]
+
+
+async def json_body_raw() -> tuple[Any, bytes]:
+    """The request body parsed as JSON, and its raw bytes."""
     raw = await request.get_data()
     if not raw:
         raise bad_request("the request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        return json.loads(raw), raw
     except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None

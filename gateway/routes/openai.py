@@ -6,7 +6,7 @@ from quart import Blueprint, Response, current_app, jsonify
 
 from gateway.catalog import Catalog
 from gateway.proxy import Proxy
-from gateway.routes import json_body
+from gateway.routes import json_body_raw
 
 bp = Blueprint("openai", __name__)
 
@@ -24,14 +24,14 @@ async def completions() -> Response:
 
 
 async def _forward(path: str, api: str) -> Response:
-    body = await json_body()
+    body, raw = await json_body_raw()
     proxy: Proxy = current_app.extensions["proxy"]
     if isinstance(body, dict) and body.get("stream") is True:
-        stream, want_usage = await proxy.open_stream(path, body, api=api)
+        stream, want_usage = await proxy.open_stream(path, body, api=api, raw=raw)
         resp = Response(proxy.relay(stream, want_usage), 200, SSE_HEADERS)
         resp.timeout = None
         return resp
-    done = await proxy.request(path, body, api=api)
+    done = await proxy.request(path, body, api=api, raw=raw)
     return Response(done.content, done.status, {"Content-Type": "application/json"})
 
 
