@@ -253,7 +253,9 @@ def render(results: dict, args: argparse.Namespace) -> str:
         "## Gateway",
         "",
         f"Card: CPU only, {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}; upstream, proxies and "
-        "load generator on the same machine (loopback). Date: " + date.today().isoformat() + ".",
+        "load generator on the same machine (loopback); load average at the end "
+        f"{os.getloadavg()[0]:.1f} (a shared machine: figures move by tens of percent between runs). "
+        "Date: " + date.today().isoformat() + ".",
         "",
         f"Command: `python scripts/bench_gateway.py --requests {args.requests} --concurrency {args.concurrency}"
         " --write` (LiteLLM from `pip install 'litellm[proxy]'` in its own venv, one worker). Latency: sequential "
@@ -269,6 +271,12 @@ def render(results: dict, args: argparse.Namespace) -> str:
                 f"{r['p50'] - direct[mode]['p50']:.2f}", f"{r['p99'] - direct[mode]['p99']:.2f}")
             lines.append(f"| {name} | {mode} | {r['p50']:.2f} | {r['p99']:.2f} | {added[0]} | {added[1]} | "
                          f"{r['rps']:.0f} |")
+    lines += [
+        "",
+        "Where the gateway's time goes (cProfile): Quart + hypercorn request handling, and httpx/httpcore's "
+        "connection pool, which checks every idle keep-alive socket on each request. Streams are relayed as they "
+        "arrive; whatever a read brings goes out in one write.",
+    ]
     return "\n".join(lines) + "\n"
 
 

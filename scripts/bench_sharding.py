@@ -253,7 +253,7 @@ def run_mesh(args: argparse.Namespace, cfg: Any, dp: int, tp: int) -> dict[str, 
     valid = np.ones((dp, length), bool)
     pos = np.asarray(text_positions(np.zeros(dp, np.int32), valid))
     times = []
-    for i in range(3):  # first run compiles
+    for _ in range(3):  # first run compiles
         cache = init_cache(cfg.text, dp, length, dtype, csh)
         jax.block_until_ready(cache)
         t0 = time.perf_counter()

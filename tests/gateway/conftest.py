@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 HTTP = httpx.Client(timeout=5)  # one client for the harness (a fresh httpx client costs an SSL context)
@@ -283,3 +284,26 @@ def module_spawn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[
 
 def chat_body(model: str, text: str = "hello there", **kw: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}]} | kw
+
+
+def families(gw) -> set[str]:
+    """Metric family names on the gateway's metrics listener."""
+    return {fam.name for fam in text_string_to_metric_families(HTTP.get(gw.metrics_url).text)}
+
+
+def metrics(gw) -> dict[tuple[str, tuple], float]:
+    """Every sample on the gateway's metrics listener: (name, sorted labels) -> value."""
+    out = {}
+    for fam in text_string_to_metric_families(HTTP.get(gw.metrics_url).text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    return sum(
+        v
+        for (n, lab), v in samples.items()
+        if n == name and all(dict(lab).get(k) == want for k, want in labels.items())
+    )

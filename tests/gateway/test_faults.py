@@ -11,8 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.gateway.conftest import HTTP, FakeNeuron, chat_body, start_all, wait_until
-from tests.gateway.test_proxy import metrics, total
+from tests.gateway.conftest import HTTP, FakeNeuron, chat_body, metrics, start_all, total, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.gateway.conftest import chat_body, start_all, wait_until
+from tests.gateway.conftest import chat_body, families, metrics, start_all, total, wait_until
 
 METRIC_NAMES = {
     "cortex_requests",
@@ -64,26 +63,6 @@ def client(fleet):
     a.ctl("faults", {"chat": "none"})
     b.ctl("faults", {"chat": "none"})
     return openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=20)
-
-
-def families(gw) -> set[str]:
-    return {fam.name for fam in text_string_to_metric_families(httpx.get(gw.metrics_url, timeout=5).text)}
-
-
-def metrics(gw) -> dict[tuple[str, tuple], float]:
-    out = {}
-    for fam in text_string_to_metric_families(httpx.get(gw.metrics_url, timeout=5).text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def total(samples: dict, name: str, **labels: str) -> float:
-    return sum(
-        v
-        for (n, lab), v in samples.items()
-        if n == name and all(dict(lab).get(k) == want for k, want in labels.items())
-    )
 
 
 def test_catalogue_merges_nodes_and_resolves_aliases(client, fleet):
