@@ -21,7 +21,7 @@ from serving.errors import ApiError
 from serving.generation import Fanout
 from serving.protocol import ChatCompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
-from serving.streaming import GuardedBody, StreamContext, first_event
+from serving.streaming import GuardedBody, StreamContext, collect_choices, first_event
 
 
 class ChatService:
@@ -78,22 +78,9 @@ class ChatService:
     async def _complete(
         self, req: ChatCompletionRequest, plan: PromptPlan, ctx: StreamContext, rid: str
     ) -> dict[str, Any]:
-        accs = [R.ChoiceAccumulator(i) for i in range(req.n)]
-        try:
-            async for ev in ctx.iterate(None):
-                if ev is not None:
-                    accs[ev[0]].add(ev[1])
-        finally:
-            await ctx.close()
+        accs = await collect_choices(ctx, req.n)
         choices = []
         for a in accs:
-            if a.finish_reason == "abort":
-                raise ApiError(
-                    503,
-                    "The request was cancelled (model unloading or server shutting down)",
-                    "aborted",
-                    headers={"Retry-After": "2"},
-                )
             message, has_calls = build_message(
                 a.text, plan.tools, plan.starts_in_reasoning, plan.forced_prefix, req.parallel_tool_calls
             )

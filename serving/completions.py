@@ -17,7 +17,7 @@ from serving.errors import ApiError, bad_request, unsupported
 from serving.generation import Fanout
 from serving.protocol import CompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
-from serving.streaming import GuardedBody, StreamContext, first_event
+from serving.streaming import GuardedBody, StreamContext, collect_choices, first_event
 
 
 def prompt_list(prompt: Any, model: Any) -> list[tuple[list[int], str]]:
@@ -96,22 +96,9 @@ class CompletionService:
     async def _complete(
         self, req: CompletionRequest, prompts: list, ctx: StreamContext, rid: str
     ) -> dict[str, Any]:
-        accs = [R.ChoiceAccumulator(i) for i in range(len(prompts) * req.n)]
-        try:
-            async for ev in ctx.iterate(None):
-                if ev is not None:
-                    accs[ev[0]].add(ev[1])
-        finally:
-            await ctx.close()
+        accs = await collect_choices(ctx, len(prompts) * req.n)
         choices = []
         for a in accs:
-            if a.finish_reason == "abort":
-                raise ApiError(
-                    503,
-                    "The request was cancelled (model unloading or server shutting down)",
-                    "aborted",
-                    headers={"Retry-After": "2"},
-                )
             echo = prompts[a.index // req.n][1] if req.echo else ""
             lp = (
                 R.completion_logprobs(a.logprobs, req.logprobs or 0, len(echo))

@@ -10,7 +10,9 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from serving.errors import ApiError
 from serving.generation import Fanout
+from serving.responses import ChoiceAccumulator
 
 _NOTHING = object()
 
@@ -73,6 +75,26 @@ class StreamContext:
             m.prompt_tokens.labels(self.model).inc(self.prompt_tokens)
             m.completion_tokens.labels(self.model).inc(self.completion_tokens)
             m.duration.labels(self.model, self.route).observe(time.monotonic() - self.t0)
+
+
+async def collect_choices(ctx: StreamContext, count: int) -> list[ChoiceAccumulator]:
+    """Run a non-streamed request to the end: one accumulator per choice. A choice aborted by an unload or a
+    shutdown turns the whole response into a 503 (a partial non-streamed answer would look complete)."""
+    accs = [ChoiceAccumulator(i) for i in range(count)]
+    try:
+        async for ev in ctx.iterate(None):
+            if ev is not None:
+                accs[ev[0]].add(ev[1])
+    finally:
+        await ctx.close()
+    if any(a.finish_reason == "abort" for a in accs):
+        raise ApiError(
+            503,
+            "The request was cancelled (model unloading or server shutting down)",
+            "aborted",
+            headers={"Retry-After": "2"},
+        )
+    return accs
 
 
 async def first_event(ctx: StreamContext, keepalive_s: float) -> Any:
