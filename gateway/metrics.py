@@ -49,6 +49,15 @@ class Metrics:
         self.evictions = Counter("cortex_evictions_total", "Models unloaded to make room", ("reason",),
                                  registry=r)
         r.register(_FleetCollector(fleet))
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """`metric.labels(*labels)`, looked up once per label set (the per-request path skips the validation)."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -80,19 +89,19 @@ class RequestTimer:
         self.done = True
         end = time.perf_counter()
         m, labels = self.metrics, (self.model, self.node, self.api)
-        m.requests.labels(*labels, str(status)).inc()
-        m.duration.labels(*labels).observe(end - self.start)
+        m.child(m.requests, (*labels, str(status))).inc()
+        m.child(m.duration, labels).observe(end - self.start)
         if self.first is not None:
-            m.ttft.labels(*labels).observe(self.first - self.start)
+            m.child(m.ttft, labels).observe(self.first - self.start)
         if not usage:
             return
         prompt = int(usage.get("prompt_tokens") or 0)
         completion = int(usage.get("completion_tokens") or 0)
-        m.prompt_tokens.labels(*labels).inc(prompt)
-        m.completion_tokens.labels(*labels).inc(completion)
+        m.child(m.prompt_tokens, labels).inc(prompt)
+        m.child(m.completion_tokens, labels).inc(completion)
         since = self.first if self.first is not None else self.start
         if completion > 0 and end > since:
-            m.tps.labels(*labels).observe(completion / (end - since))
+            m.child(m.tps, labels).observe(completion / (end - since))
 
 
 class _FleetCollector(Collector):

@@ -5,19 +5,22 @@ may cold-load), send, and read the first unit (the whole body, or the first SSE 
 that unit (connection refused, timeout, 5xx, a connection dropped before the first event) is retried on
 another node; 4xx replies pass through with their body, status and Retry-After. Once the first event is out,
 a failure ends the stream with an error event. Streams are relayed event by event, never buffered.
+
+Hot path: the client's JSON bytes are forwarded as they are unless the model name (an alias) or `stream`
+must change; the usage request a stream needs is spliced into the bytes; stream chunks are parsed only when
+they carry `usage` or an error.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from gateway.catalog import Catalog
 from gateway.errors import UpstreamError, bad_request
@@ -29,6 +32,7 @@ from gateway.upstream import error_event, error_from_response, error_from_transp
 
 log = logging.getLogger(__name__)
 _JSON = {"content-type": "application/json"}
+_USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
 # Codes meaning "this node does not have the model loaded (any more)": the gateway's view was stale.
 STALE_CODES = ("model_not_found", "model_not_loaded", "model_loading", "model_unloading")
 
@@ -90,7 +94,7 @@ class UpstreamStream:
                     elif data is not None:
                         self.timer.first_token()
                         if b'"usage"' in data or data.startswith(b'{"error"'):
-                            chunk = json.loads(data)
+                            chunk = orjson.loads(data)
                             if isinstance(chunk.get("error"), dict) and not chunk.get("choices"):
                                 if out:
                                     yield out
@@ -135,6 +139,7 @@ class Proxy:
         self.settings, self.fleet, self.catalog, self.manager = settings, fleet, catalog, manager
         self.client, self.metrics = client, metrics
         self._background: set[asyncio.Task] = set()
+        self._urls: dict[tuple[str, str], httpx.URL] = {}  # parsed once per (node, path)
 
     def prepare(self, body: Any, *, stream: bool, raw: bytes | None = None) -> tuple[str, bytes, bool]:
         """Validate the envelope and resolve the model; streams always ask upstream for usage.
@@ -154,17 +159,26 @@ class Proxy:
         changes: dict[str, Any] = {} if model == name else {"model": model}
         if bool(body.get("stream")) != stream:
             changes["stream"] = stream
-        want_usage = False
+        want_usage = splice_usage = False
         if stream:
             opts = body.get("stream_options")
             if opts is not None and not isinstance(opts, dict):
                 raise bad_request("'stream_options' must be an object", param="stream_options")
             want_usage = (opts or {}).get("include_usage") is True
             if not want_usage:
-                changes["stream_options"] = {**(opts or {}), "include_usage": True}
+                if "stream_options" in body:
+                    changes["stream_options"] = {**(opts or {}), "include_usage": True}
+                else:
+                    splice_usage = True
         if raw is not None and not changes:
-            return model, raw, want_usage
-        return model, json.dumps(body | changes).encode(), want_usage
+            if not splice_usage:
+                return model, raw, want_usage
+            head = raw.rstrip()
+            if head.endswith(b"}"):  # a JSON object with at least "model": add the key before its last brace
+                return model, head[:-1] + _USAGE_OPTION, want_usage
+        if splice_usage:
+            changes["stream_options"] = {"include_usage": True}
+        return model, orjson.dumps(body | changes), want_usage
 
     async def request(self, path: str, body: Any, *, api: str, raw: bytes | None = None) -> Completed:
         """Non-stream call with retries before the response; records metrics."""
@@ -181,11 +195,12 @@ class Proxy:
             raise
         self.fleet.end(model, node)
         usage = None
-        try:
-            parsed = json.loads(content)
-            usage = parsed.get("usage") if isinstance(parsed, dict) else None
-        except ValueError:
-            pass
+        if b'"usage"' in content:
+            try:
+                parsed = orjson.loads(content)
+                usage = parsed.get("usage") if isinstance(parsed, dict) else None
+            except ValueError:
+                pass
         timer.finish(resp.status_code, usage)
         return Completed(node, resp.status_code, content, usage)
 
@@ -206,46 +221,23 @@ class Proxy:
         return UpstreamStream(self, node, model, resp, first, rest, timer), want_usage
 
     async def relay(self, stream: UpstreamStream, want_usage: bool) -> AsyncIterator[bytes]:
-        """SSE bytes for an OpenAI client, never held back: a pump task reads upstream while the client is
-        written to, and whatever has arrived by the time of a write goes out in that one write (one event per
-        token from a live neuron; a burst from a fast one). The usage chunk is dropped unless it was asked
-        for; a failure midway ends the stream with a `data: {"error": ...}` event."""
+        """SSE bytes for an OpenAI client: whatever one upstream read brought goes out in one write, at once
+        (one event per token from a live neuron; a burst from a fast one), and the next read waits for that
+        write, so a slow client slows the neuron down instead of filling the gateway's memory. The usage chunk
+        is dropped unless it was asked for; a failure midway ends the stream with a `data: {"error": ...}`
+        event."""
         batches = stream.batches()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                async for batch in batches:
-                    queue.put_nowait(batch)
-                queue.put_nowait(None)
-            except UpstreamError as exc:
-                queue.put_nowait(exc)
-            except Exception as exc:  # a bug must end the stream cleanly, not leave the client hanging
-                log.exception("relaying the stream from %s failed", stream.node)
-                queue.put_nowait(UpstreamError.make(500, f"gateway error while relaying: {exc}"))
-
-        task = asyncio.create_task(pump())
         try:
-            while True:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                out: list[bytes] = []
-                for item in items:
-                    if item is None or isinstance(item, UpstreamError):
-                        if out:
-                            yield b"\n\n".join(out) + b"\n\n"
-                        if item is not None:
-                            yield error_event(item)
-                        return
-                    out += _client_events(item, want_usage)
+            async for batch in batches:
+                out = _client_events(batch, want_usage)
                 if out:
                     yield b"\n\n".join(out) + b"\n\n"
+        except UpstreamError as exc:
+            yield error_event(exc)
+        except Exception as exc:  # a bug must end the stream cleanly, not leave the client hanging
+            log.exception("relaying the stream from %s failed", stream.node)
+            yield error_event(UpstreamError.make(500, f"gateway error while relaying: {exc}"))
         finally:
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             await batches.aclose()
 
     async def send_to(self, node: str, path: str, body: dict[str, Any]) -> httpx.Response:
@@ -280,8 +272,10 @@ class Proxy:
             self.fleet.begin(model, node)
             resp: httpx.Response | None = None
             try:
-                req = self.client.build_request("POST", self.fleet.nodes[node].endpoint + path,
-                                                content=content, headers=_JSON)
+                url = self._urls.get((node, path))
+                if url is None:
+                    url = self._urls[(node, path)] = httpx.URL(self.fleet.nodes[node].endpoint + path)
+                req = self.client.build_request("POST", url, content=content, headers=_JSON)
                 resp = await self.client.send(req, stream=True)
                 if resp.status_code >= 400:
                     err = error_from_response(resp, await resp.aread())
@@ -307,6 +301,8 @@ class Proxy:
                     last = (error_from_transport(node, exc) if isinstance(exc, httpx.HTTPError) else
                             UpstreamError.make(502, f"neuron {node} sent an empty stream",
                                                code="upstream_empty"))
+                log.warning("%s request failed on %s before its first byte: %s", model, node,
+                            last.error["message"])
             except BaseException:
                 if resp is not None:
                     await resp.aclose()
@@ -322,7 +318,7 @@ def _client_events(batch: list[tuple[bytes, dict[str, Any] | None]], want_usage:
         if chunk is not None and chunk.get("usage") and not want_usage:
             if not chunk.get("choices"):
                 continue
-            raw = b"data: " + json.dumps({k: v for k, v in chunk.items() if k != "usage"}).encode()
+            raw = b"data: " + orjson.dumps({k: v for k, v in chunk.items() if k != "usage"})
         out.append(raw)
     return out
 

@@ -10,6 +10,7 @@ lookup on every check. Everything else (connect, TLS, timeouts, errors) is httpc
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import ssl
@@ -59,10 +60,8 @@ class CoalescingStream(httpcore.AsyncNetworkStream):
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         if self._pending:
-            try:
-                await self._flush()
-            except httpcore.WriteError:
-                pass  # like httpcore itself: the server may have answered and closed; read its reply
+            with contextlib.suppress(httpcore.WriteError):  # like httpcore: the server may have answered and
+                await self._flush()  # closed early; read its reply
         return await self._inner.read(max_bytes, timeout)
 
     async def aclose(self) -> None:

@@ -8,6 +8,10 @@ venv), for non-stream and stream (8 content chunks + usage) requests:
 * latency: sequential requests, p50/p99 to the last byte; "added" = proxied minus direct at the same percentile;
 * throughput: requests/s with `--concurrency` requests in flight.
 
+A "floor" row measures the bare stack the gateway is built on: a raw ASGI app on hypercorn that forwards each
+request with the same httpx client setup (no Quart, no auth, routing, metrics or SSE handling). What the
+gateway adds beyond that row is its own cost.
+
     python scripts/bench_gateway.py [--litellm /tmp/litellm-venv/bin/litellm] [--requests 400] [--write]
 
 `--write` replaces the "Gateway" section of docs/benchmarks.md with the results (card, command, date, figures).
@@ -125,6 +129,52 @@ def run_upstream(port: int) -> None:
         asyncio.run(main())
 
 
+def run_floor(port: int, upstream: str) -> None:
+    """The stack floor: hypercorn + one shared httpx client forwarding bytes, nothing else."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    sys.path.insert(0, str(REPO))
+    from gateway.transport import make_transport
+    from gateway.upstream import UpstreamClient
+
+    client: httpx.AsyncClient | None = None
+
+    async def app(scope, receive, send):  # noqa: ANN001
+        nonlocal client
+        if scope["type"] != "http":
+            return
+        if client is None:
+            limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=30)
+            client = UpstreamClient(limits=limits, transport=make_transport(limits), trust_env=False)
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        req = client.build_request(scope["method"], upstream + scope["path"], content=body,
+                                   headers={"content-type": "application/json"})
+        resp = await client.send(req, stream=True)
+        try:
+            await send({"type": "http.response.start", "status": resp.status_code,
+                        "headers": [(b"content-type", resp.headers.get("content-type", "").encode())]})
+            async for chunk in resp.aiter_raw():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            await resp.aclose()
+
+    cfg = Config()
+    cfg.bind = [f"127.0.0.1:{port}"]
+    cfg.accesslog = None
+    try:
+        import uvloop
+        uvloop.run(serve(app, cfg, mode="asgi"))
+    except ImportError:
+        asyncio.run(serve(app, cfg, mode="asgi"))
+
+
 # ------------------------------------------------------------------------------------- harness
 def free_port() -> int:
     with socket.socket() as s:
@@ -192,10 +242,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=400, help="sequential requests per latency run")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--write", action="store_true", help="write the Gateway section of docs/benchmarks.md")
+    ap.add_argument("--no-floor", action="store_true", help="skip the bare hypercorn + httpx forwarder row")
     ap.add_argument("--_upstream", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--_floor", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._upstream:
         run_upstream(args._upstream)
+        return
+    if args._floor:
+        run_floor(int(args._floor[0]), args._floor[1])
         return
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     procs: list[subprocess.Popen] = []
@@ -210,7 +265,13 @@ def main() -> None:
             f'[[neurons]]\nname = "bench"\nendpoint = "{upstream}"\n')
         procs.append(start([sys.executable, "-m", "gateway", "serve", "--config", str(tmp / "cortex.toml"),
                             "--log-level", "warning"], tmp / "gateway.log"))
-        targets = {"direct (fake upstream)": upstream, "cortex gateway": f"http://127.0.0.1:{gw_port}"}
+        targets = {"direct (fake upstream)": upstream}
+        if not args.no_floor:
+            fl_port = free_port()
+            procs.append(start([sys.executable, __file__, "--_floor", str(fl_port), upstream], tmp / "floor.log"))
+            targets["floor: hypercorn + httpx"] = f"http://127.0.0.1:{fl_port}"
+            wait_http(targets["floor: hypercorn + httpx"] + "/health")
+        targets["cortex gateway"] = f"http://127.0.0.1:{gw_port}"
         wait_http(targets["cortex gateway"] + "/health")
         litellm = args.litellm and shutil.which(args.litellm)
         if litellm:
@@ -230,7 +291,7 @@ def main() -> None:
                 mode = "stream" if stream else "non-stream"
                 results.setdefault(name, {})[mode] = r = asyncio.run(
                     measure(base, stream, args.requests, args.concurrency))
-                print(f"{name:24s} {mode:10s} p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
+                print(f"{name:26s} {mode:10s} p50 {r['p50']:7.2f} ms  p99 {r['p99']:7.2f} ms  "
                       f"{r['rps']:8.0f} req/s", flush=True)
         table = render(results, args)
         print(table)

@@ -101,12 +101,14 @@ async def startup(registry: Registry, settings: Settings) -> None:
             await registry.load(model_id, wait=True)
         except ApiError as e:
             log.error("start-up load failed", extra={"model": model_id, "error": e.message})
+            entry = registry.entries.get(model_id)
+            if entry is not None and entry.state is ModelState.AVAILABLE:
+                entry.reason = e.message  # e.g. a configured mesh that does not fit: shown by /models
     for e in list(registry.entries.values()):
         if e.state is ModelState.AVAILABLE and e.memory_needed is None:
             try:
-                _, meta, est = await asyncio.to_thread(
-                    registry.loader.prepare, e.source, settings.tensor_parallel
-                )
+                # the estimate's total does not depend on the mesh; (1, 1) always fits the model
+                _, meta, est = await asyncio.to_thread(registry.loader.prepare, e.source, 1, 1)
                 e.meta.update(meta)
                 e.memory_needed = est.total_bytes
             except Exception as err:  # noqa: BLE001 - reported on the model, the daemon keeps serving

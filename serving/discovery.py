@@ -55,18 +55,53 @@ def default_budget_bytes() -> int:
 
 
 def mesh_shapes(n: int) -> list[dict[str, int]]:
-    """Every (dp, tp) with dp·tp == n local devices, plus smaller tensor-parallel groups that divide n."""
-    shapes = []
-    for tp in range(1, n + 1):
-        if n % tp == 0:
-            shapes.append({"dp": n // tp, "tp": tp})
-    return shapes
+    """Every (dp, tp) with dp·tp ≤ n local devices (a model's mesh takes the first dp·tp of them); which of
+    them fit a given model is under ``models`` in :func:`discovery`."""
+    return [{"dp": dp, "tp": tp} for tp in range(1, n + 1) for dp in range(1, n // tp + 1)]
 
 
-def discovery(settings_tp: int) -> dict[str, Any]:
+def model_meshes(registry: Any, settings: Any, devs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per servable model: the (dp, tp) meshes its head counts and the slot count allow on this host, each
+    with an estimate of the bytes one device holds and whether that fits the devices' memory (``None`` where
+    the backend reports no per-device memory, e.g. CPU: host RAM is shared, see ``memory_source``)."""
+    from models.qwen36.config import Qwen36Config
+    from serving.engine_factory import VISION_PREFIXES, VISION_WIRED
+    from serving.parallel import per_device_bytes, valid_meshes, weight_table
+
+    loader, n = registry.loader, len(devs)
+    dtype = loader.dtype()
+    out: dict[str, Any] = {}
+    for mid, entry in list(registry.entries.items()):
+        try:
+            path = loader.resolve(entry.source)
+            cfg = Qwen36Config.from_dir(path)
+            skip = () if VISION_WIRED and cfg.vision is not None else VISION_PREFIXES
+            table = weight_table(path, dtype, skip)
+        except Exception as e:  # noqa: BLE001 - a broken checkpoint is reported, not fatal
+            out[mid] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        context = min(settings.context_limit, cfg.text.max_position_embeddings)
+        meshes = []
+        for spec in valid_meshes(cfg.text, n, settings.slots):
+            need = per_device_bytes(table, cfg, spec, settings.slots, context, dtype)
+            limits = [d["memory_total_bytes"] for d in devs[: spec.size]]
+            have = None if any(x is None for x in limits) else int(min(limits) * 0.92)
+            meshes.append({"dp": spec.dp, "tp": spec.tp, "devices": [d["id"] for d in devs[: spec.size]],
+                           "per_device_bytes": need, "device_budget_bytes": have,
+                           "fits": None if have is None else need["total_bytes"] <= have})
+        default = settings.mesh_for(mid)
+        out[mid] = {"dtype": dtype, "slots": settings.slots, "context_length": context,
+                    "heads": {"attention": cfg.text.num_attention_heads, "kv": cfg.text.num_key_value_heads,
+                              "gdn_key": cfg.text.linear_num_key_heads},
+                    "default_mesh": {"dp": default.dp, "tp": default.tp}, "meshes": meshes}
+    return out
+
+
+def discovery(settings: Any, registry: Any = None) -> dict[str, Any]:
     import flax
 
     devs = devices()
+    per_device = all(d["memory_total_bytes"] is not None for d in devs)
     return {
         "platform": jax.default_backend(),
         "device_count": len(devs),
@@ -79,7 +114,10 @@ def discovery(settings_tp: int) -> dict[str, Any]:
             "python": platform.python_version(),
         },
         "mesh_shapes": mesh_shapes(len(devs)),
-        "default_tensor_parallel": settings_tp,
+        "default_tensor_parallel": settings.tensor_parallel,
+        "default_data_parallel": settings.data_parallel,
+        "memory_source": "device" if per_device else "unknown (host memory shared by all devices)",
+        "models": model_meshes(registry, settings, devs) if registry is not None else {},
         "host": {
             "machine": platform.machine(),
             "system": platform.system(),

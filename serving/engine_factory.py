@@ -58,7 +58,9 @@ def _prepare_hook(graphdef: Any, runner: Any, cfg: Any):
     return prepare
 
 
-def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, progress: Progress) -> LoadedModel:
+def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, progress: Progress,
+          dp: int = 1) -> LoadedModel:
+    """Load ``path`` onto a ``dp × tp`` mesh of the first dp·tp local devices (docs/neuron.md, "Meshes")."""
     from cortex_jax.engine.engine import Engine, EngineConfig
     from cortex_jax.engine.runner import runner_for_model
     from cortex_jax.engine.tokenizer import Tokenizer
@@ -70,7 +72,10 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
     progress(0.01, "tokenizer")
     tokenizer = Tokenizer.from_dir(path)
     jdtype = jnp.dtype(dtype)
-    mesh = make_mesh(1, tp, devices=jax.local_devices()[:tp])
+    if settings.slots % dp:
+        raise ValueError(f"data_parallel={dp} must divide the slot count ({settings.slots})")
+    devices = jax.local_devices()[: dp * tp]
+    mesh = make_mesh(dp, tp, devices=devices)
     vision = VISION_WIRED and Qwen36Config.from_dir(path).vision is not None
 
     def on_tensor(done: int, total: int, bytes_done: int, bytes_total: int) -> None:
@@ -116,4 +121,5 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
     return LoadedModel(model_id=model_id, path=path, config=cfg, tokenizer=tokenizer, engine=engine,
                        context_length=context, tensor_parallel=tp, memory_used_bytes=used,
                        capabilities=ModelLoader.capabilities(path, cfg), slots=settings.slots,
-                       image_config=image_cfg, image_limits=image_limits, release=release, compact=compact)
+                       image_config=image_cfg, image_limits=image_limits, release=release, compact=compact,
+                       data_parallel=dp, device_ids=tuple(int(d.id) for d in devices))

@@ -61,6 +61,8 @@ class LoadedModel:
         image_limits: Any = None,
         release: Callable[[], None] | None = None,
         compact: Callable[[], bool] | None = None,
+        data_parallel: int = 1,
+        device_ids: tuple[int, ...] = (),
     ):
         self.id = model_id
         self.path = path
@@ -69,6 +71,8 @@ class LoadedModel:
         self.engine = engine
         self.context_length = context_length
         self.tensor_parallel = tensor_parallel
+        self.data_parallel = data_parallel
+        self.device_ids = device_ids  # the local devices of its mesh (the first dp·tp)
         self.memory_used_bytes = memory_used_bytes
         self.capabilities = capabilities
         self.slots = slots
@@ -169,12 +173,15 @@ class ModelLoader:
             raise FileNotFoundError(f"{source.path}: no config.json (not an HF checkpoint directory)")
         return source.path
 
-    def prepare(self, source: ModelSource, tp: int) -> tuple[Path, dict[str, Any], MemoryEstimate]:
-        """Resolve the directory, read the config, work out limits, capabilities and memory: no device work."""
+    def prepare(self, source: ModelSource, tp: int = 1, dp: int = 1) -> tuple[Path, dict[str, Any], MemoryEstimate]:
+        """Resolve the directory, read the config, work out limits, capabilities and memory: no device work.
+        Raises ``MeshError`` when the model's head counts do not fit ``tp``."""
         from models.qwen36.config import Qwen36Config
+        from serving.parallel import MeshSpec, check_model
 
         path = self.resolve(source)
         cfg = Qwen36Config.from_dir(path)
+        check_model(cfg.text, MeshSpec(dp, tp))
         context = min(self.settings.context_limit, cfg.text.max_position_embeddings)
         from serving.engine_factory import VISION_PREFIXES, VISION_WIRED
 
@@ -197,7 +204,7 @@ class ModelLoader:
         return Capabilities(vision=cfg.vision is not None and VISION_WIRED, tools="tool_call" in template,
                             reasoning="<think>" in template)
 
-    def load(self, model_id: str, path: Path, tp: int, progress: Progress) -> LoadedModel:
+    def load(self, model_id: str, path: Path, tp: int, progress: Progress, dp: int = 1) -> LoadedModel:
         from serving.engine_factory import build
 
-        return build(model_id, path, tp, self.settings, self.dtype(), progress)
+        return build(model_id, path, tp, self.settings, self.dtype(), progress, dp=dp)

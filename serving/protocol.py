@@ -262,6 +262,7 @@ class CompletionRequest(SamplingFields):
 class LoadRequest(Strict):
     model: str = Field(min_length=1)
     tensor_parallel: int | None = Field(default=None, ge=1)
+    data_parallel: int | None = Field(default=None, ge=1)
     wait: bool = True
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from serving.catalogue import ModelSource, scan
 from serving.errors import ApiError, bad_request, model_not_found
+from serving.parallel import MeshError, MeshSpec, check_host
 from serving.settings import Settings
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ class ModelEntry:
     progress: float = 0.0
     stage: str = ""
     tensor_parallel: int | None = None
+    data_parallel: int | None = None
     memory_needed: int | None = None
     reserved: int = 0
     model: LoadedModel | None = None
@@ -111,21 +113,27 @@ class Registry:
             self._lock.release()
             await asyncio.shield(task)
 
-    async def load(self, model_id: str, tensor_parallel: int | None = None, wait: bool = True) -> ModelEntry:
+    async def load(self, model_id: str, tensor_parallel: int | None = None, wait: bool = True,
+                   data_parallel: int | None = None) -> ModelEntry:
+        """Load ``model_id`` on a dp × tp mesh: the request's sizes, else the model's ``parallel`` setting, else
+        the defaults (a request giving only one size takes the other from the setting)."""
         entry = self.entry(model_id)
         if self.draining:
             raise ApiError(503, "The neuron is shutting down", "shutting_down")
         await self._settled(entry, ModelState.UNLOADING)  # an unload in progress finishes first
         try:
             if entry.state in (ModelState.LOADED, ModelState.LOADING):
-                if tensor_parallel is not None and tensor_parallel != entry.tensor_parallel:
-                    raise ApiError(409, f"'{model_id}' is {entry.state} with tensor_parallel="
-                                   f"{entry.tensor_parallel}; unload it first to change it", "tp_conflict",
-                                   "tensor_parallel")
+                for name, want, have in (("tensor_parallel", tensor_parallel, entry.tensor_parallel),
+                                         ("data_parallel", data_parallel, entry.data_parallel)):
+                    if want is not None and want != have:
+                        raise ApiError(409, f"'{model_id}' is {entry.state} with {name}={have}; unload it "
+                                       f"first to change it", "tp_conflict" if name[0] == "t" else "dp_conflict",
+                                       name)
                 if entry.state is ModelState.LOADED:
                     return entry
             else:
-                await self._start_load(entry, tensor_parallel or self.settings.tensor_parallel)
+                default = self.settings.mesh_for(model_id)
+                await self._start_load(entry, MeshSpec(data_parallel or default.dp, tensor_parallel or default.tp))
         finally:
             self._lock.release()
         task = entry.task
@@ -135,16 +143,12 @@ class Registry:
                 raise ApiError(500, f"Loading '{model_id}' failed: {entry.reason}", "model_load_failed")
         return entry
 
-    async def _start_load(self, entry: ModelEntry, tp: int) -> None:
-        n_dev = self.loader.device_count()
-        if tp > n_dev or n_dev % tp:
-            raise bad_request(
-                f"tensor_parallel={tp} is not possible with {n_dev} local device(s); it must "
-                f"divide the device count",
-                "tensor_parallel",
-            )
-        try:
-            path, meta, est = await asyncio.to_thread(self.loader.prepare, entry.source, tp)
+    async def _start_load(self, entry: ModelEntry, mesh: MeshSpec) -> None:
+        try:  # 400s: the host cannot form the mesh, the slots do not split over dp, the model does not fit tp
+            check_host(mesh, self.loader.device_count(), self.settings.slots)
+            path, meta, est = await asyncio.to_thread(self.loader.prepare, entry.source, mesh.tp, mesh.dp)
+        except MeshError as e:
+            raise bad_request(f"Cannot load '{entry.id}': {e}", e.param, "invalid_mesh") from None
         except Exception as e:  # noqa: BLE001 - a bad checkpoint is reported as the model's state
             self._fail(entry, e)
             raise ApiError(500, f"Loading '{entry.id}' failed: {entry.reason}", "model_load_failed") from e
@@ -165,18 +169,18 @@ class Registry:
                 "model",
             )
         entry.state, entry.reason, entry.progress, entry.stage = ModelState.LOADING, None, 0.0, "starting"
-        entry.tensor_parallel, entry.reserved = tp, est.total_bytes
-        entry.task = asyncio.create_task(self._run_load(entry, path, tp), name=f"load:{entry.id}")
+        entry.tensor_parallel, entry.data_parallel, entry.reserved = mesh.tp, mesh.dp, est.total_bytes
+        entry.task = asyncio.create_task(self._run_load(entry, path, mesh), name=f"load:{entry.id}")
 
-    async def _run_load(self, entry: ModelEntry, path: Any, tp: int) -> None:
+    async def _run_load(self, entry: ModelEntry, path: Any, mesh: MeshSpec) -> None:
         t0 = time.monotonic()
-        log.info("loading model", extra={"model": entry.id, "path": str(path), "tp": tp})
+        log.info("loading model", extra={"model": entry.id, "path": str(path), "tp": mesh.tp, "dp": mesh.dp})
 
         def progress(fraction: float, stage: str) -> None:
             entry.progress, entry.stage = max(entry.progress, min(fraction, 1.0)), stage
 
         try:
-            model = await asyncio.to_thread(self.loader.load, entry.id, path, tp, progress)
+            model = await asyncio.to_thread(self.loader.load, entry.id, path, mesh.tp, progress, mesh.dp)
         except Exception as e:  # noqa: BLE001
             self._fail(entry, e)
             return
@@ -225,7 +229,7 @@ class Registry:
             log.exception("error while unloading", extra={"model": entry.id})
         finally:
             entry.model, entry.state, entry.reserved, entry.progress = None, ModelState.AVAILABLE, 0, 0.0
-            entry.stage, entry.tensor_parallel = "", None
+            entry.stage, entry.tensor_parallel, entry.data_parallel = "", None, None
             log.info("model unloaded", extra={"model": entry.id, "mode": mode})
 
     # ---- requests -------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ class Settings:
     queue: int = 64  # admission queue per model beyond the slots
     context_limit: int = 4096  # tokens per sequence (prompt + completion); capped by the model's own limit
     tensor_parallel: int = 1  # default TP size for loads that do not name one
+    data_parallel: int = 1  # default DP size (slot pool split over dp; must divide ``slots``)
+    parallel: Mapping[str, Any] = field(default_factory=dict)  # id -> MeshSpec: per-model (dp, tp)
     prefill_buckets: tuple[int, ...] = (64, 128, 256, 512)  # padded prompt-chunk lengths (one compile each)
     dtype: str = "auto"  # weights/cache dtype: auto = bfloat16 on accelerators, float32 on CPU
     memory_budget_gb: float | None = None  # cap on device memory for models; None = what the devices report
@@ -70,6 +72,12 @@ class Settings:
             return self.load
         return (EMBEDDED_ID,) if self.serves_embedded else ()
 
+    def mesh_for(self, model_id: str) -> Any:
+        """The (dp, tp) a load of ``model_id`` uses when the request names none: per-model, else the defaults."""
+        from serving.parallel import MeshSpec
+
+        return self.parallel.get(model_id) or MeshSpec(self.data_parallel, self.tensor_parallel)
+
     @property
     def memory_budget_bytes(self) -> int | None:
         return None if self.memory_budget_gb is None else int(self.memory_budget_gb * 1024**3)
@@ -84,6 +92,7 @@ _SCALAR_TYPES: dict[str, type] = {
     "queue": int,
     "context_limit": int,
     "tensor_parallel": int,
+    "data_parallel": int,
     "dtype": str,
     "memory_budget_gb": float,
     "max_request_bytes": int,
@@ -106,6 +115,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     try:
         if key == "models":
             return _parse_models(value)
+        if key == "parallel":
+            return _parse_parallel(value)
         if key == "prefill_buckets":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(sorted(int(x) for x in items))
@@ -150,6 +161,23 @@ def _parse_models(value: Any) -> dict[str, Path]:
     return {str(k): Path(str(v)).expanduser() for k, v in pairs}
 
 
+def _parse_parallel(value: Any) -> dict[str, Any]:
+    """``{id: "DPxTP" | TP | {tensor_parallel, data_parallel}}`` (TOML) or ``"a=2x4,b=4"`` (env / flags)."""
+    from serving.parallel import parse_mesh
+
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        pairs = []
+        for item in items:
+            mid, sep, mesh = str(item).partition("=")
+            if not sep or not mid.strip() or not mesh.strip():
+                raise ValueError(f"expected ID=DPxTP, got {item!r}")
+            pairs.append((mid.strip(), mesh.strip()))
+    return {str(k): parse_mesh(dict(v) if isinstance(v, Mapping) else v) for k, v in pairs}
+
+
 def _merge(into: dict[str, Any], raw: Mapping[str, Any], where: str) -> None:
     for key, value in raw.items():
         if key not in _FIELDS and key != "listen":
@@ -157,8 +185,8 @@ def _merge(into: dict[str, Any], raw: Mapping[str, Any], where: str) -> None:
         parsed = _coerce(key, value, where)
         if key == "listen":
             into["host"], into["port"] = parsed
-        elif key == "models":
-            into["models"] = {**into.get("models", {}), **parsed}
+        elif key in ("models", "parallel"):
+            into[key] = {**into.get(key, {}), **parsed}
         else:
             into[key] = parsed
 
@@ -203,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", dest="models", action="append", metavar="ID=PATH", help="servable model (repeat)"
     )
+    p.add_argument("--parallel", action="append", metavar="ID=DPxTP",
+                   help="per-model mesh, e.g. big=2x4 or big=4 (tp only); repeat")
     p.add_argument("--load", action="append", metavar="ID", help="load at start (repeat or comma-separated)")
     p.add_argument("--embedded", dest="embedded", action="store_const", const="true",
                    help="also serve the embedded qwen3.6-tiny model next to configured ones")
@@ -232,6 +262,8 @@ def load_settings(argv: Sequence[str] | None = None, env: Mapping[str, str] | No
     cli = {k: v for k, v in args.items() if v is not None}
     if "load" in cli:
         cli["load"] = ",".join(cli["load"])
+    if "parallel" in cli:
+        cli["parallel"] = ",".join(cli["parallel"])
     _merge(values, cli, "command line")
     return validate(Settings(**values))
 
@@ -245,6 +277,7 @@ def validate(s: Settings) -> Settings:
         "queue",
         "context_limit",
         "tensor_parallel",
+        "data_parallel",
         "max_request_bytes",
         "max_image_bytes",
         "max_tokens_default",
@@ -253,6 +286,12 @@ def validate(s: Settings) -> Settings:
         minimum = 0 if key == "queue" else 1
         if getattr(s, key) < minimum:
             raise bad(key, f"must be >= {minimum}, got {getattr(s, key)}")
+    if s.slots % s.data_parallel:
+        raise bad("data_parallel", f"must divide slots ({s.slots}): the slot pool is split over dp, got "
+                  f"{s.data_parallel}")
+    for mid, mesh in s.parallel.items():
+        if s.slots % mesh.dp:
+            raise bad(f"parallel.{mid}", f"data_parallel={mesh.dp} must divide slots ({s.slots})")
     if not 0 <= s.port <= 65535:
         raise bad("port", f"must be 0..65535, got {s.port}")
     if s.dtype not in DTYPES:

@@ -59,6 +59,8 @@ def model_card(e: ModelEntry) -> dict[str, Any]:
         "memory_needed_bytes": e.memory_needed,
         "memory_used_bytes": e.reserved if e.state is ModelState.LOADED else 0,
         "tensor_parallel": e.tensor_parallel,
+        "data_parallel": e.data_parallel,
+        "devices": list(m.device_ids) if m is not None else None,
         "in_flight": max(in_flight, e.in_flight),
         "queue_depth": queue,
         "last_used": e.last_used,

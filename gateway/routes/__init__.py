@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from quart import request
 
 from gateway.errors import bad_request
@@ -21,6 +21,6 @@ async def json_body_raw() -> tuple[Any, bytes]:
     if not raw:
         raise bad_request("the request body is empty; expected a JSON object")
     try:
-        return json.loads(raw), raw
+        return orjson.loads(raw), raw
     except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None

@@ -212,9 +212,10 @@ def tokenizer_config(chat_template: str) -> dict:
 # ---- weights -----------------------------------------------------------------------------------------------
 
 
-def tensor_shapes() -> Iterator[tuple[str, tuple[int, ...], str]]:
-    """Every checkpoint tensor as ``(key, shape, init)``; init ∈ normal | norm1p | ones | a_log."""
-    t, v = TEXT_CONFIG, VISION_CONFIG
+def tensor_shapes(text: dict | None = None, vision: dict | None = None) -> Iterator[tuple[str, tuple[int, ...], str]]:
+    """Every checkpoint tensor as ``(key, shape, init)``; init ∈ normal | norm1p | ones | a_log. ``text`` /
+    ``vision``: other configs of the same layout (tests build head-count variants with them)."""
+    t, v = text or TEXT_CONFIG, vision or VISION_CONFIG
     d, f, hd = t["hidden_size"], t["intermediate_size"], t["head_dim"]
     h, hkv = t["num_attention_heads"], t["num_key_value_heads"]
     hk, hv, dk, dv = (t["linear_num_key_heads"], t["linear_num_value_heads"], t["linear_key_head_dim"],

@@ -13,6 +13,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
+from cortex_jax import orbax_ckpt
 from cortex_jax.checkpoint import CheckpointError
 from cortex_jax.checkpoint import load_state as _load_state
 from cortex_jax.mesh import make_mesh
@@ -71,6 +72,8 @@ def load_model(
     ``model.visual.*``, which this text model has no place for: pass ``ignore_prefixes=("model.visual.",)``
     to skip them on purpose. ``with_mtp=False`` drops the MTP weights (and ignores ``mtp.*`` keys).
     ``progress(done, total, bytes_done, bytes_total)`` is called after each tensor.
+    ``ckpt_dir`` may also be a directory written by ``scripts/convert_orbax.py`` (``cortex_jax.orbax_ckpt``):
+    the state is then restored from orbax into the same shardings (``ignore_prefixes``/``progress`` unused).
     Raises ``CheckpointError`` (missing config, unsupported model_type, missing / unexpected / mis-shaped
     tensors, corrupt files).
     """
@@ -80,6 +83,9 @@ def load_model(
         raise CheckpointError(str(e)) from e
     mesh = mesh if mesh is not None else make_mesh(1, 1)
     rules = rules_for(cfg.text, mesh, rules)
+    orbax = orbax_ckpt.is_orbax_dir(ckpt_dir)
+    if orbax and with_mtp is None:
+        with_mtp = orbax_ckpt.read_marker(ckpt_dir).get("with_mtp")
     graphdef, abstract = abstract_model(
         cfg,
         dtype=dtype,
@@ -92,6 +98,8 @@ def load_model(
     if with_mtp is False:
         ignore_prefixes = (*ignore_prefixes, "mtp.")
     shardings = state_shardings(abstract, mesh, rules)
+    if orbax:  # converted by scripts/convert_orbax.py: restored straight into the shardings
+        return graphdef, orbax_ckpt.restore(ckpt_dir, abstract, shardings), cfg
     wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings, text=cfg.text)
     state = _load_state(ckpt_dir, abstract, shardings, wmap, progress=progress, ignore_prefixes=ignore_prefixes)
     return graphdef, state, cfg

@@ -25,8 +25,8 @@ async def health():
 
 @bp.get("/discovery")
 async def discover():
-    tp = current_app.extensions["settings"].tensor_parallel
-    return jsonify(await asyncio.to_thread(discovery.discovery, tp))
+    settings = current_app.extensions["settings"]
+    return jsonify(await asyncio.to_thread(discovery.discovery, settings, _registry()))
 
 
 @bp.get("/models")
@@ -38,7 +38,7 @@ async def models():
 async def load():
     req = await parse_body(LoadRequest)
     g.model_id = req.model
-    entry = await _registry().load(req.model, req.tensor_parallel, req.wait)
+    entry = await _registry().load(req.model, req.tensor_parallel, req.wait, req.data_parallel)
     if entry.state is ModelState.LOADED:
         return jsonify(
             {
@@ -46,6 +46,7 @@ async def load():
                 "state": "loaded",
                 "load_seconds": entry.load_seconds,
                 "tensor_parallel": entry.tensor_parallel,
+                "data_parallel": entry.data_parallel,
             }
         ), 200
     return jsonify({"model": entry.id, "state": str(entry.state), "progress": entry.progress}), 202

@@ -1,4 +1,4 @@
-"""Gateway test harness: real processes on free loopback ports (fake neurons, `python -m gateway serve`).
+"""Gateway test harness: real processes on free loopback ports (fake neurons, real neurons, `python -m gateway serve`).
 
 Every process is started by a fixture whose finalizer terminates it (then kills it), even when a test fails.
 """
@@ -163,6 +163,60 @@ class FakeNeuron(Proc):
 
     def reset(self) -> None:
         self.ctl("reset", {})
+
+
+class RealNeuron(Proc):
+    """`python -m serving.neuron` (JAX on CPU) on a free port, with the persistent compilation cache the serving
+    tests use, so a run compiles each step shape once (and a later run not at all)."""
+
+    def __init__(self, tmp: Path, name: str, args: list[str], env: dict[str, str] | None = None):
+        from tests.serving.conftest import COMPILE_CACHE
+
+        self.name, self.port = name, free_port()
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving.neuron",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--node-name",
+            name,
+            "--log-format",
+            "text",
+            "--compile-cache-dir",
+            str(COMPILE_CACHE),
+            "--prefill-buckets",
+            "64",
+            "--slots",
+            "2",
+            "--context-limit",
+            "512",
+            "--max-tokens-default",
+            "8",
+            *args,
+        ]
+        super().__init__(cmd, tmp / f"real-{name}.log", {"JAX_PLATFORMS": "cpu", **(env or {})})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self) -> RealNeuron:
+        def ready() -> bool:
+            if not self.alive():
+                raise AssertionError(f"neuron {self.name} exited:\n{self.output()[-3000:]}")
+            return HTTP.get(self.url + "/health", timeout=2).status_code == 200
+
+        wait_until(ready, 120, interval=0.2, what=f"neuron {self.name}")
+        return self
+
+    def pause(self) -> None:
+        """SIGSTOP: the process hangs (its sockets still accept connections, nothing answers)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGCONT)
 
 
 class Gateway(Proc):

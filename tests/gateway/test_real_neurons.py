@@ -1,25 +1,24 @@
 """The gateway in front of real neurons (`python -m serving.neuron`, embedded qwen3.6-tiny on CPU).
 
-Two neurons share one JAX compilation cache so only the first request pays for compiling:
+The neurons share the serving tests' persistent JAX compilation cache, so compiles are paid once:
 * n1 serves `qwen3.6-tiny` (loaded at start) and `tiny-b` (the same checkpoint under another id) with a memory
   budget (0.1 GiB; each needs ~70 MB at these settings) that holds only one, so loading `tiny-b` must evict;
 * n2 serves `tiny-c` only, not loaded at start.
-The fake-neuron tests cover the faults (kills, hangs, 500s) and priority eviction; this module checks that the
-gateway and the real neuron agree on the HTTP contract: catalogue, routing, streaming with usage, cold loads
-shared by concurrent requests, 507-driven LRU eviction and pins.
+test_real_faults.py covers kills, hangs and late starts of real neurons (the fake-neuron tests add 500s and
+priority eviction); this module checks that the gateway and the real neuron agree on the HTTP contract:
+catalogue, routing, streaming with usage, cold loads shared by concurrent requests, 507-driven LRU eviction
+and pins.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import openai
 import pytest
 
-from tests.gateway.conftest import HTTP, Proc, free_port, metrics, start_all, total, wait_until
+from tests.gateway.conftest import HTTP, RealNeuron, metrics, start_all, total, wait_until
 
 pytestmark = [
     pytest.mark.skipif(
@@ -30,49 +29,6 @@ pytestmark = [
 ]
 
 TINY = "qwen3.6-tiny"
-
-
-class RealNeuron(Proc):
-    """`python -m serving.neuron` on a free port."""
-
-    def __init__(self, tmp: Path, name: str, args: list[str], env: dict[str, str] | None = None):
-        self.name, self.port = name, free_port()
-        cmd = [
-            sys.executable,
-            "-m",
-            "serving.neuron",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--node-name",
-            name,
-            "--log-format",
-            "text",
-            "--compile-cache-dir",
-            str(tmp / "jax-cache"),
-            "--prefill-buckets",
-            "64",
-            "--slots",
-            "2",
-            "--context-limit",
-            "512",
-            "--max-tokens-default",
-            "8",
-            *args,
-        ]
-        super().__init__(cmd, tmp / f"real-{name}.log", {"JAX_PLATFORMS": "cpu", **(env or {})})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait(self) -> RealNeuron:
-        def ready() -> bool:
-            if not self.alive():
-                raise AssertionError(f"neuron {self.name} exited:\n{self.output()[-3000:]}")
-            return HTTP.get(self.url + "/health", timeout=2).status_code == 200
-
-        wait_until(ready, 120, interval=0.3, what=f"neuron {self.name}")
-        return self
 
 
 @pytest.fixture(scope="module")

@@ -71,3 +71,27 @@ def test_main_reports_bad_config_and_exits_2(tmp_path, capsys):
 
     assert main(["--config", str(tmp_path / "missing.toml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_parallel_settings_per_model_and_default(tmp_path):
+    from serving.parallel import MeshSpec
+
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('slots = 4\ndata_parallel = 2\n[parallel]\na = "2x4"\nb = 2\n'
+                   '[parallel.c]\ntensor_parallel = 4\n')
+    s = load_settings(["--config", str(cfg), "--parallel", "d=1x8"], env={"NEURON_TENSOR_PARALLEL": "2"})
+    assert s.mesh_for("a") == MeshSpec(2, 4) and s.mesh_for("b") == MeshSpec(1, 2)
+    assert s.mesh_for("c") == MeshSpec(1, 4) and s.mesh_for("d") == MeshSpec(1, 8)
+    assert s.mesh_for("other") == MeshSpec(2, 2)  # the defaults
+    assert load_settings([], env={"NEURON_PARALLEL": "x=2x2,y=4"}).mesh_for("y") == MeshSpec(1, 4)
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--slots", "3", "--data-parallel", "2"], "data_parallel: must divide slots"),
+    (["--slots", "2", "--parallel", "a=4x1"], "parallel.a"),
+    (["--parallel", "a=2x"], "parallel"),
+    (["--parallel", "a=0x2"], "parallel"),
+])
+def test_bad_parallel_settings(argv, needle):
+    with pytest.raises(SettingsError, match=needle):
+        load_settings(argv, env={})
