@@ -1,6 +1,7 @@
 """Faults: 500s, hangs, dead health polls, a node killed mid-stream, a node down at start, client disconnects.
 
-Fleet: a (m, ma loaded), b (m, mb loaded), and "late", configured but not started until its test.
+These run against fake neurons (exact, fast fault injection); test_real_faults.py repeats the kill, hang, late
+start and before-first-byte retry cases with real `python -m serving.neuron` processes. Fleet: a (m, ma loaded), b (m, mb loaded), and "late", configured but not started until its test.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def post(gw, model: str, **kw) -> httpx.Response:
 
 
 def test_500_is_retried_on_another_node_else_passed_through(fakes):
+    """On the fake neuron only: a real neuron cannot be made to answer 500 on demand. Kills, hangs and late
+    starts are also tested with real neurons (test_real_faults.py)."""
     gw, a, b, _ = fakes
     a.ctl("faults", {"chat": "500"})
     assert {served_by(post(gw, "m")) for _ in range(4)} == {"b"}
