@@ -334,9 +334,13 @@ def render(results: dict, args: argparse.Namespace) -> str:
                          f"{r['rps']:.0f} |")
     lines += [
         "",
-        "Where the gateway's time goes (cProfile): Quart + hypercorn request handling, and httpx/httpcore's "
-        "connection pool, which checks every idle keep-alive socket on each request. Streams are relayed as they "
-        "arrive; whatever a read brings goes out in one write.",
+        "Where the gateway's time goes (cProfile of the gateway process): on this CPU one proxied request costs "
+        "about 2 ms of CPU, nearly all of it in the stack: hypercorn and h11 (parse, write), httpx/httpcore/h11/"
+        "anyio towards the upstream, and Quart's request handling; the gateway's own work (auth, routing, "
+        "metrics, SSE relay) is a few percent. The floor row is that stack without Quart or the gateway. The "
+        "gateway forwards the client's JSON bytes as they are (the usage request of a stream is spliced in), "
+        "parses stream chunks only when they carry usage or an error, sends each upstream request in one write "
+        "(`gateway/transport.py`) and keeps no cookie jar.",
     ]
     return "\n".join(lines) + "\n"
 

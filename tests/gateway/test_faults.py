@@ -1,7 +1,8 @@
 """Faults: 500s, hangs, dead health polls, a node killed mid-stream, a node down at start, client disconnects.
 
 These run against fake neurons (exact, fast fault injection); test_real_faults.py repeats the kill, hang, late
-start and before-first-byte retry cases with real `python -m serving.neuron` processes. Fleet: a (m, ma loaded), b (m, mb loaded), and "late", configured but not started until its test.
+start and before-first-byte retry cases with real `python -m serving.neuron` processes.
+Fleet: a (m, ma loaded), b (m, mb loaded), and "late", configured but not started until its test.
 """
 
 from __future__ import annotations
