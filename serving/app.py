@@ -82,6 +82,7 @@ def create_app(settings: Settings, loader: ModelLoader | None = None) -> Quart:
 
     @app.before_serving
     async def _startup():
+        registry.starting = set(settings.load_at_start)  # before the first request can arrive
         app.extensions["startup"] = asyncio.create_task(startup(registry, settings))
 
     @app.after_serving
@@ -104,6 +105,8 @@ async def startup(registry: Registry, settings: Settings) -> None:
             entry = registry.entries.get(model_id)
             if entry is not None and entry.state is ModelState.AVAILABLE:
                 entry.reason = e.message  # e.g. a configured mesh that does not fit: shown by /models
+        finally:
+            registry.starting.discard(model_id)
     for e in list(registry.entries.values()):
         if e.state is ModelState.AVAILABLE and e.memory_needed is None:
             try:

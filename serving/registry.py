@@ -83,6 +83,8 @@ class Registry:
         self.budget_bytes = budget_bytes
         self.metrics = metrics
         self.draining = False
+        # models the start-up task is about to load: a request arriving first joins that load instead of a 503
+        self.starting: set[str] = set()
         self._lock = asyncio.Lock()
         self.entries: dict[str, ModelEntry] = {mid: ModelEntry(src) for mid, src in scan(settings).items()}
 
@@ -238,7 +240,7 @@ class Registry:
         entry = self.entry(model_id)
         if self.draining:
             raise ApiError(503, "The neuron is shutting down", "shutting_down", headers={"Retry-After": "5"})
-        if entry.state is ModelState.AVAILABLE and self.settings.auto_load:
+        if entry.state is ModelState.AVAILABLE and (self.settings.auto_load or model_id in self.starting):
             await self.load(model_id, wait=False)
         if entry.state is ModelState.LOADING and entry.task is not None:
             with contextlib.suppress(TimeoutError):

@@ -181,3 +181,17 @@ def test_compact_idle_models(neuron):
         assert r.status_code == 200 and TINY in r.json()["compacted"]
         assert c.post("/models/compact", json={"model": "tiny-b"}).json()["skipped"]["tiny-b"].startswith("not loaded")
         assert c.post("/v1/chat/completions", json=chat(TINY)).status_code == 200  # still serves after the swap
+
+
+def test_request_during_start_up_load_waits_for_it(tmp_path):
+    """A request that arrives while the start-up load is still running joins that load instead of getting 503
+    (a user who starts the daemon and sends a request right away gets an answer)."""
+    n = start_neuron(tmp_path, wait_loaded=())  # returns as soon as /models answers, before the model is loaded
+    try:
+        assert n.models()["qwen3.6-tiny"]["state"] in ("available", "loading")
+        r = httpx.post(f"{n.url}/v1/chat/completions", timeout=120, json={
+            "model": "qwen3.6-tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 2
+    finally:
+        stop_neuron(n)
