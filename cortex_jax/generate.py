@@ -59,6 +59,11 @@ def load(model: str | Path = "qwen3.6-tiny", *, max_slots: int = 4, max_context:
     from models.qwen36.loading import load_model
 
     path = ensure_embedded_checkpoint() if str(model) == EMBEDDED_MODEL_ID else Path(model)
+    if not path.is_dir():
+        from cortex_jax.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{str(model)!r} is neither a checkpoint directory nor the embedded model "
+                              f"{EMBEDDED_MODEL_ID!r}")
     if dtype is None:
         dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
     mesh = make_mesh(1, tensor_parallel)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:31313"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _STATE_STYLE = {"loaded": "green", "loading": "yellow", "unloading": "yellow", "failed": "red",
                 "available": "dim", "unreachable": "red", "unavailable": "red"}
 
@@ -53,12 +55,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="cortex.toml (default: $CORTEX_CONFIG, else built-in defaults)")
-    serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"))
+    serve.add_argument("--log-level", default=os.environ.get("CORTEX_LOG_LEVEL", "info"), type=str.upper,
+                       choices=_LOG_LEVELS, help="default: $CORTEX_LOG_LEVEL, else info")
 
     def client_cmd(name: str, func: Any, help: str, model: bool = False, node: bool = False) -> None:
         c = sub.add_parser(name, help=help)
-        c.add_argument("--endpoint", default=os.environ.get("CORTEX_ENDPOINT", DEFAULT_ENDPOINT))
-        c.add_argument("--api-key", default=os.environ.get("CORTEX_API_KEY"))
+        c.add_argument("--endpoint", default=os.environ.get("CORTEX_ENDPOINT", DEFAULT_ENDPOINT),
+                       help=f"gateway URL (default: $CORTEX_ENDPOINT, else {DEFAULT_ENDPOINT})")
+        c.add_argument("--api-key", default=os.environ.get("CORTEX_API_KEY"),
+                       help="key for a gateway with api_keys (default: $CORTEX_API_KEY)")
         c.add_argument("--json", action="store_true", help="print the raw JSON")
         if model:
             c.add_argument("model")
@@ -88,11 +93,19 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cortex: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        import uvloop  # optional: a faster event loop when installed
-    except ImportError:
-        asyncio.run(serve(settings))
-    else:
-        uvloop.run(serve(settings))
+        try:
+            import uvloop  # optional: a faster event loop when installed
+        except ImportError:
+            asyncio.run(serve(settings))
+        else:
+            uvloop.run(serve(settings))
+    except OSError as exc:
+        if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        g = settings.gateway
+        where = g.listen + (f" / {g.metrics_listen} (metrics)" if g.metrics_listen else "")
+        print(f"cortex: cannot listen on {where}: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -114,7 +127,8 @@ def _call(client: httpx.Client, method: str, path: str, body: dict[str, Any] | N
     if resp.status_code >= 400 and not (path == "/health" and data):
         err = (data or {}).get("error") if isinstance(data, dict) else None
         msg = err.get("message") if isinstance(err, dict) else resp.text[:300]
-        raise _Failed(f"{method} {path}: HTTP {resp.status_code}: {msg}")
+        hint = " (pass --api-key or set CORTEX_API_KEY)" if resp.status_code == 401 else ""
+        raise _Failed(f"{method} {path}: HTTP {resp.status_code}: {msg}{hint}")
     return data
 
 

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from quart import Blueprint, Response, current_app, request
 
 from gateway.errors import UpstreamError
@@ -93,7 +94,14 @@ def _backend() -> Any:
 
 
 async def _parse(model: type[M]) -> M:
-    req = parse_wire(model, await request.get_json(force=True, silent=True))
+    raw = await request.get_data()
+    if not raw.strip():
+        raise DialectError("the request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except ValueError as exc:
+        raise DialectError(f"the request body is not valid JSON: {exc}") from None
+    req = parse_wire(model, body)
     if extras := req.wire_extras():
         log.debug("%s: ignoring fields %s", request.path, extras)
     return req

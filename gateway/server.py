@@ -43,3 +43,4 @@ async def serve(settings: Settings) -> None:
     log.info("cortex gateway on %s (metrics on %s), %d neuron(s)", settings.gateway.listen,
              settings.gateway.metrics_listen or "-", len(settings.neurons))
     await asyncio.gather(*servers)
+    log.info("cortex gateway stopped")

@@ -38,6 +38,8 @@ def engine_error(e: BaseException, prompt_param: str = "messages") -> ApiError:
     if isinstance(e, InvalidRequestError):
         msg = str(e)
         param = msg.split(":", 1)[0] if ":" in msg and " " not in msg.split(":", 1)[0] else None
+        if param == "prompt_ids":  # the engine's name for the prompt; the client knows it by its own
+            msg, param = prompt_param + msg.removeprefix("prompt_ids"), prompt_param
         return ApiError(400, msg, "invalid_request", param)
     if isinstance(e, EngineClosedError):
         return ApiError(503, f"Model unavailable: {e}", "model_unavailable", headers={"Retry-After": "2"})

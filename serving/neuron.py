@@ -7,6 +7,7 @@ SIGTERM/SIGINT: stop admitting (new requests get 503), let in-flight requests fi
 from __future__ import annotations
 
 import asyncio
+import errno
 import faulthandler
 import logging
 import signal
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 log = logging.getLogger("serving.neuron")
+_BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)  # the listen address is unusable
 
 
 async def serve(settings) -> int:
@@ -50,7 +52,7 @@ async def serve(settings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    log.info("neuron listening", extra={"bind": config.bind[0], "node": settings.node_name})
+    log.info("neuron starting", extra={"bind": config.bind[0], "node": settings.node_name})
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
     log.info("neuron stopped")
     return 0
@@ -76,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(settings))
     except SettingsError as e:
         print(f"cortex-neuron: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in _BIND_ERRNOS:
+            raise
+        print(f"cortex-neuron: cannot listen on {settings.host}:{settings.port}: {e.strerror}", file=sys.stderr)
         return 2
 
 

@@ -249,8 +249,10 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt")
     @classmethod
     def _prompt(cls, v: Any) -> Any:
-        if isinstance(v, list) and not v:
+        if (isinstance(v, list) and not v) or v == "":
             raise ValueError("prompt must not be empty")
+        if isinstance(v, list) and any(p == "" for p in v):
+            raise ValueError("text prompts must not be empty")
         if isinstance(v, list) and v and isinstance(v[0], list) and any(not p for p in v):
             raise ValueError("token-id prompts must not be empty")
         return v

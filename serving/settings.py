@@ -20,6 +20,7 @@ from typing import Any
 EMBEDDED_ID = "qwen3.6-tiny"  # mirrors models.qwen36.embedded.EMBEDDED_MODEL_ID (no JAX import here)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_FORMATS = ("json", "text")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -298,6 +299,8 @@ def validate(s: Settings) -> Settings:
         raise bad("dtype", f"must be one of {DTYPES}, got {s.dtype!r}")
     if s.log_format not in LOG_FORMATS:
         raise bad("log_format", f"must be one of {LOG_FORMATS}, got {s.log_format!r}")
+    if s.log_level.upper() not in LOG_LEVELS:
+        raise bad("log_level", f"must be one of {LOG_LEVELS} (any case), got {s.log_level!r}")
     if s.memory_budget_gb is not None and s.memory_budget_gb <= 0:
         raise bad("memory_budget_gb", "must be > 0")
     if not s.prefill_buckets or min(s.prefill_buckets) < 1:

@@ -99,7 +99,7 @@ def parse_wire(model: type[M], body: Any) -> M:
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise DialectError(validation_message(exc, body)) from exc
+        raise DialectError(validation_message(exc, body), param=validation_param(exc, body)) from exc
 
 
 def validation_message(exc: ValidationError, body: Any = None, *, limit: int = 3) -> str:
@@ -108,19 +108,40 @@ def validation_message(exc: ValidationError, body: Any = None, *, limit: int = 3
     Locations are paths into `body` (pydantic's union-branch tags are dropped); an error whose location is a
     prefix of another's is left out (for `str | list[...]` content that is the uninteresting "not a string").
     """
-    found: dict[tuple[Any, ...], list[str]] = {}
-    for err in exc.errors(include_url=False):
-        loc = _body_path(err["loc"], body, keep_last=err["type"] == "missing")
-        msg = err["msg"].removeprefix("Value error, ")
-        if msg not in found.setdefault(loc, []):
-            found[loc].append(msg)
-    deepest = [loc for loc in found if not any(o[: len(loc)] == loc and len(o) > len(loc) for o in found)]
+    found = _errors_by_location(exc, body)
+    deepest = _deepest(found)
     parts = []
     for loc in deepest[:limit]:
         msg = " or ".join(m.removeprefix("Input should be ") if i else m for i, m in enumerate(found[loc]))
         parts.append(f"{'.'.join(map(str, loc))}: {msg}" if loc else msg)
     more = len(deepest) - limit
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def validation_param(exc: ValidationError, body: Any = None) -> str | None:
+    """The dotted path of the first field `validation_message` names (the OpenAI `param`), if any."""
+    found = _errors_by_location(exc, body)
+    deepest = _deepest(found)
+    if not deepest:
+        return None
+    if deepest[0]:
+        return ".".join(map(str, deepest[0]))
+    head = found[deepest[0]][0].split(":", 1)[0]  # a model-level check names its field: "tools.0: ..."
+    return head if head != found[deepest[0]][0] and " " not in head else None
+
+
+def _errors_by_location(exc: ValidationError, body: Any) -> dict[tuple[Any, ...], list[str]]:
+    found: dict[tuple[Any, ...], list[str]] = {}
+    for err in exc.errors(include_url=False):
+        loc = _body_path(err["loc"], body, keep_last=err["type"] == "missing")
+        msg = err["msg"].removeprefix("Value error, ")
+        if msg not in found.setdefault(loc, []):
+            found[loc].append(msg)
+    return found
+
+
+def _deepest(found: dict[tuple[Any, ...], list[str]]) -> list[tuple[Any, ...]]:
+    return [loc for loc in found if not any(o[: len(loc)] == loc and len(o) > len(loc) for o in found)]
 
 
 def _body_path(loc: tuple[Any, ...], body: Any, *, keep_last: bool) -> tuple[Any, ...]:

@@ -240,6 +240,10 @@ def test_malformed_bodies_are_anthropic_400s(server: str, stub: StubBackend) -> 
         assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
         assert fragment in r.json()["error"]["message"]
     r = httpx.post(f"{server}/v1/messages", content=b"{not json", headers=headers)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/messages", content=b"", headers=headers)
+    assert r.status_code == 400 and "empty" in r.json()["error"]["message"]
+    r = httpx.post(f"{server}/v1/messages", json=[1], headers=headers)
     assert r.status_code == 400 and "JSON object" in r.json()["error"]["message"]
     assert stub.calls == []
 

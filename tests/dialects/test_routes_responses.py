@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from gateway.errors import UpstreamError
+from tests.dialects.conftest import API_KEY
 from tests.dialects.helpers import chat_reply, tool_call
 from tests.dialects.stub import StubBackend
 
@@ -199,3 +201,21 @@ def test_errors(oai: openai.OpenAI, stub: StubBackend) -> None:
     events = list(oai.responses.create(model="qwen", input="x", stream=True))
     assert events[-1].type == "response.failed"
     assert events[-1].response.error.message == "node died" and events[-1].response.status == "failed"
+
+
+def test_bad_bodies_name_the_problem_and_the_field(server: str, stub: StubBackend) -> None:
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    cases = [
+        (b"{not json", "not valid JSON", None),
+        (b"", "empty", None),
+        (b"[1]", "JSON object", None),
+        (b'{"input": "x"}', "model", "model"),
+        (b'{"model": "qwen", "input": "x", "temperature": -1}', "temperature", "temperature"),
+        (b'{"model": "qwen", "input": "x", "tools": [{"type": "web_search"}]}', "web_search", "tools.0"),
+    ]
+    for body, fragment, param in cases:
+        r = httpx.post(f"{server}/v1/responses", content=body, headers=headers)
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert fragment in err["message"] and err["param"] == param, err
+    assert stub.calls == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -98,6 +99,24 @@ def test_errors_exit_nonzero_with_message(cortex):
     unknown = cortex("load", "nope")
     assert unknown.returncode == 1 and "does not exist" in unknown.stdout
     denied = cortex("status", key=None)
-    assert denied.returncode == 1 and "401" in denied.stdout
+    assert denied.returncode == 1 and "401" in denied.stdout and "CORTEX_API_KEY" in denied.stdout
     bad_node = cortex("load", "m1", "--node", "zz")
     assert bad_node.returncode == 1 and "unknown node" in bad_node.stdout
+
+
+def test_serve_start_up_errors_are_one_line_and_exit_2():
+    """A busy listen address or a bad --log-level ends `cortex serve` with a message, not a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        env = {**os.environ, "CORTEX_LISTEN": listen, "CORTEX_METRICS_LISTEN": "",
+               "CORTEX_NEURONS": "http://127.0.0.1:9"}
+        env.pop("CORTEX_CONFIG", None)
+        out = subprocess.run([sys.executable, "-m", "gateway", "serve"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert f"cannot listen on {listen}" in out.stderr and "Traceback" not in out.stderr
+    with pytest.raises(SystemExit) as bad_level:
+        main(["serve", "--log-level", "loud"])
+    assert bad_level.value.code == 2

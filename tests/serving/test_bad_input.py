@@ -95,6 +95,10 @@ def test_completions_bad_input(neuron):
     with neuron.client() as c:
         check_error(c.post("/v1/completions", json={"model": MODEL, "prompt": [1, 999999999]}), 400, "prompt.0")
         check_error(c.post("/v1/completions", json={"model": MODEL, "prompt": []}), 400, "prompt")
+        # an empty text prompt is named as the client sent it (not the engine's internal "prompt_ids")
+        for prompt in ("", ["a", ""]):
+            err = check_error(c.post("/v1/completions", json={"model": MODEL, "prompt": prompt}), 400, "prompt")
+            assert "prompt_ids" not in err["message"], err
         check_error(c.post("/v1/completions", json={"model": MODEL, "prompt": "a", "best_of": 3}), 400, "best_of")
         check_error(c.post("/v1/completions", json={"model": MODEL, "prompt": "a", "echo": True, "logprobs": 1}),
                     400, "echo")
@@ -120,3 +124,12 @@ def test_good_request_after_bad_ones(neuron):
         r = c.post("/v1/chat/completions", json=chat(chat_template_kwargs={"enable_thinking": False}))
         assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("length", "stop")
         assert c.get("/health").json()["in_flight"] == 0
+
+
+def test_engine_prompt_error_names_the_client_field():
+    from cortex_jax.engine.api import InvalidRequestError
+    from serving.generation import engine_error
+
+    err = engine_error(InvalidRequestError("prompt_ids: empty prompt"), "prompt")
+    assert (err.param, err.message) == ("prompt", "prompt: empty prompt")
+    assert engine_error(InvalidRequestError("top_p: must be in (0, 1]"), "prompt").param == "top_p"

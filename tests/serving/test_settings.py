@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,7 @@ def test_precedence_toml_env_cli(tmp_path):
     (["--model", "noequals"], {}, "models"),
     (["--memory-budget-gb", "-1"], {}, "memory_budget_gb"),
     ([], {"NEURON_EMBEDDED": "maybe"}, "embedded"),
+    (["--log-level", "loud"], {}, "log_level"),
 ])
 def test_bad_settings_name_the_key(argv, env, needle):
     with pytest.raises(SettingsError, match=needle):
@@ -95,3 +100,16 @@ def test_parallel_settings_per_model_and_default(tmp_path):
 def test_bad_parallel_settings(argv, needle):
     with pytest.raises(SettingsError, match=needle):
         load_settings(argv, env={})
+
+
+def test_main_reports_a_busy_port_and_exits_2(tmp_path):
+    """A listen address in use is one line on stderr and exit 2, not a traceback."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "serving.neuron", "--no-embedded", "--port", str(port)],
+                              cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
