@@ -13,7 +13,7 @@ import logging
 from quart import Quart, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
-from gateway import auth, eviction, routing
+from gateway import auth, eviction, request_id, routing
 from gateway.catalog import Catalog
 from gateway.errors import UpstreamError
 from gateway.fleet import Fleet
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.extensions.update(settings=settings, client=client, fleet=fleet, catalog=catalog, metrics=metrics,
                           manager=manager, proxy=proxy, chat_backend=ChatBackend(proxy))
 
+    request_id.install(app)
     auth.install(app, settings.gateway.api_keys, settings.gateway.max_request_bytes)
     app.register_blueprint(openai.bp)
     app.register_blueprint(admin.bp)

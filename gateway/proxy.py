@@ -27,6 +27,7 @@ from gateway.errors import UpstreamError, bad_request
 from gateway.fleet import Fleet
 from gateway.loader import ModelManager
 from gateway.metrics import UNKNOWN, Metrics, RequestTimer
+from gateway.request_id import upstream_headers
 from gateway.settings import Settings
 from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_batches
 
@@ -275,7 +276,7 @@ class Proxy:
                 url = self._urls.get((node, path))
                 if url is None:
                     url = self._urls[(node, path)] = httpx.URL(self.fleet.nodes[node].endpoint + path)
-                req = self.client.build_request("POST", url, content=content, headers=_JSON)
+                req = self.client.build_request("POST", url, content=content, headers=upstream_headers(_JSON))
                 resp = await self.client.send(req, stream=True)
                 if resp.status_code >= 400:
                     err = error_from_response(resp, await resp.aread())
