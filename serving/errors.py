@@ -62,7 +62,9 @@ def unsupported(param: str, why: str = "is not supported by this server") -> Api
 
 
 def model_not_found(model: str) -> ApiError:
-    return ApiError(404, f"The model '{model}' does not exist on this neuron", "model_not_found", "model")
+    # OpenAI's own shape for an unknown model (and the gateway's): 404, invalid_request_error, model_not_found
+    return ApiError(404, f"The model '{model}' does not exist on this neuron", "model_not_found", "model",
+                    type_="invalid_request_error")
 
 
 def loc_to_param(loc: tuple[Any, ...]) -> str:

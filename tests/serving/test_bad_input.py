@@ -112,7 +112,8 @@ def test_admin_bad_input_and_routing_errors(neuron):
                     "tensor_parallel")
         check_error(c.post("/models/load", json={"model": MODEL, "tensor_parallel": 3}), 409, "tensor_parallel",
                     "tp_conflict")
-        check_error(c.post("/models/load", json={"model": "../../etc"}), 404, "model", "model_not_found")
+        err = check_error(c.post("/models/load", json={"model": "../../etc"}), 404, "model", "model_not_found")
+        assert err["type"] == "invalid_request_error"  # OpenAI's (and the gateway's) type for an unknown model
         check_error(c.post("/models/unload", json={"model": MODEL, "mode": "later"}), 400, "mode")
         check_error(c.post("/tokenize", json={"model": MODEL}), 400)
         check_error(c.get("/v1/chat/completions"), 405)
