@@ -99,14 +99,27 @@ class ImageLimits:
 class FetchPolicy:
     """Which remote image URLs the server may fetch. Default: none (remote URLs are refused with a 400).
 
-    The neuron owns fetching; this object only decides. ``allowed_hosts`` are exact lower-case host names.
+    The neuron owns fetching; this object only decides. ``allowed_hosts`` are exact lower-case host names;
+    ``allow_http`` also lets plain ``http`` through for them (e.g. an internal image store), else https only.
     """
 
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
+    allow_http: bool = False
+
+    def refusal(self, url: str) -> str | None:
+        """Why ``url`` may not be fetched (a 400 message), or None when it may."""
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        if host not in self.allowed_hosts:
+            return (f"remote image URLs are not allowed on this server (host {host or '?'!r}); send the image "
+                    "inline as a base64 data: URI")
+        if parts.scheme.lower() == "https" or (self.allow_http and parts.scheme.lower() == "http"):
+            return None
+        scheme = parts.scheme or "(no scheme)"
+        return f"{scheme} image URLs are not allowed (host {host!r} is allow-listed for https only)"
 
     def allows(self, url: str) -> bool:
-        parts = urlsplit(url)
-        return parts.scheme == "https" and (parts.hostname or "").lower() in self.allowed_hosts
+        return self.refusal(url) is None
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -171,13 +184,10 @@ def load_image_url(url: str, policy: FetchPolicy | None = None) -> bytes:
     if scheme == "data":
         return decode_data_uri(url)
     if scheme in ("http", "https"):
-        policy = policy or FetchPolicy()
+        refusal = (policy or FetchPolicy()).refusal(url)
+        if refusal:
+            raise ImageError(refusal)
         host = urlsplit(url).hostname or "?"
-        if not policy.allows(url):
-            raise ImageError(
-                f"remote image URLs are not allowed on this server (host {host!r}); send the image inline as "
-                "a base64 data: URI"
-            )
         raise ImageError(f"remote image fetching is not implemented here; the caller must fetch {host!r}")
     raise ImageError(f"unsupported image URL scheme {scheme or '(none)'!r}; send a base64 data: URI")
 

@@ -19,6 +19,7 @@ from serving.chat_output import StreamTranslator, build_message
 from serving.chat_prompt import PromptPlan, build_chat_prompt
 from serving.errors import ApiError
 from serving.generation import Fanout
+from serving.image_fetch import fetch_request_images
 from serving.protocol import ChatCompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
 from serving.streaming import GuardedBody, StreamContext, collect_choices, first_event
@@ -38,7 +39,8 @@ class ChatService:
         ctx: StreamContext | None = None
         try:
             model = lease.model
-            plan = await asyncio.to_thread(build_chat_prompt, req, model, self.settings.max_images)
+            fetched = await fetch_request_images(req.messages, model, self.settings)
+            plan = await asyncio.to_thread(build_chat_prompt, req, model, self.settings.max_images, fetched)
             requested = req.max_completion_tokens or req.max_tokens
             param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
             max_tokens = resolve_max_tokens(

@@ -14,6 +14,7 @@ Decisions (documented in docs/neuron.md):
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,8 +172,10 @@ def plan_tools(req: ChatCompletionRequest, thinking: bool) -> tuple[list[dict[st
     return chosen, f"<tool_call>\n<function={name}>\n", ""
 
 
-def build_chat_prompt(req: ChatCompletionRequest, model: Any, max_images: int) -> PromptPlan:
-    """Render and tokenize the request for ``model`` (a LoadedModel); raises ApiError 400 on bad input."""
+def build_chat_prompt(req: ChatCompletionRequest, model: Any, max_images: int,
+                      fetched: Mapping[str, bytes] | None = None) -> PromptPlan:
+    """Render and tokenize the request for ``model`` (a LoadedModel); raises ApiError 400 on bad input.
+    ``fetched``: bytes of the remote image URLs already fetched (serving.image_fetch); others are refused."""
     enable, preserve = thinking_flags(req.chat_template_kwargs, req.reasoning_effort)
     caps = model.capabilities
     if (req.tools and req.tool_choice != "none") and not caps.tools:
@@ -184,7 +187,7 @@ def build_chat_prompt(req: ChatCompletionRequest, model: Any, max_images: int) -
     extra = "\n\n".join(x for x in (instruction, format_instruction(req)) if x)
     image_refs: list[tuple[int, int, str]] = []
     messages = convert_messages(req.messages, image_refs, extra)
-    images = load_images(model, image_refs, max_images)
+    images = load_images(model, image_refs, max_images, fetched or {})
     try:
         text = model.render_chat(messages, tools, enable, preserve)
     except ValueError as e:  # ChatTemplateError and friends: the conversation cannot be rendered
@@ -201,7 +204,8 @@ def build_chat_prompt(req: ChatCompletionRequest, model: Any, max_images: int) -
                       starts_in_reasoning=starts_in_reasoning)
 
 
-def load_images(model: Any, refs: list[tuple[int, int, str]], max_images: int) -> list[ImageInput]:
+def load_images(model: Any, refs: list[tuple[int, int, str]], max_images: int,
+                fetched: Mapping[str, bytes]) -> list[ImageInput]:
     if not refs:
         return []
     first = f"messages.{refs[0][0]}.content.{refs[0][1]}.image_url"
@@ -211,19 +215,17 @@ def load_images(model: Any, refs: list[tuple[int, int, str]], max_images: int) -
         raise bad_request(
             f"{len(refs)} images in one request; the limit is {max_images}", first, "too_many_images"
         )
-    from cortex_jax.image import ImageError, decode_data_uri
+    from cortex_jax.image import FetchPolicy, ImageError, decode_data_uri
+    from serving.image_fetch import refuse
 
     out = []
     for i, j, url in refs:
         param = f"messages.{i}.content.{j}.image_url.url"
-        if not url.startswith("data:"):
-            raise bad_request(
-                "only base64 data: URIs are accepted for images (this server does not fetch remote URLs)",
-                param,
-                "image_url_not_allowed",
-            )
+        if not url.startswith("data:") and url not in fetched:
+            raise refuse(url, param, FetchPolicy())
         try:
-            out.append(model.preprocess_image(decode_data_uri(url)))
+            data = decode_data_uri(url) if url.startswith("data:") else fetched[url]
+            out.append(model.preprocess_image(data))
         except ImageError as e:
             raise bad_request(f"{param}: {e}", param, "invalid_image") from None
     return out

@@ -50,6 +50,9 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_images: int = 8  # per request
     max_image_bytes: int = 20 * 1024 * 1024  # per decoded image
+    image_fetch_hosts: tuple[str, ...] = ()  # exact hosts whose image URLs the neuron fetches; () = refuse all
+    image_fetch_timeout_s: float = 10.0  # whole fetch of one remote image
+    image_fetch_allow_http: bool = False  # also fetch plain http from the allow-listed hosts (else https only)
     max_tokens_default: int = 1024  # when a request sets no max_tokens (capped by the context left)
     max_n: int = 8  # largest accepted ``n``
     keepalive_s: float = 5.0  # SSE comment interval while no token has come yet
@@ -108,6 +111,7 @@ _SCALAR_TYPES: dict[str, type] = {
     "log_level": str,
     "log_format": str,
     "embedded": bool, "warmup": bool,
+    "image_fetch_timeout_s": float, "image_fetch_allow_http": bool,
 }
 
 
@@ -121,9 +125,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if key == "prefill_buckets":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(sorted(int(x) for x in items))
-        if key == "load":
+        if key in ("load", "image_fetch_hosts"):
             items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(str(x).strip() for x in items if str(x).strip())
+            out = tuple(str(x).strip() for x in items if str(x).strip())
+            return tuple(x.lower() for x in out) if key == "image_fetch_hosts" else out
         if key in ("models_dir", "compile_cache_dir"):
             return Path(str(value)).expanduser()
         if key == "listen":
@@ -244,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
         const="false",
         help="do not serve the embedded qwen3.6-tiny model",
     )
-    for key in sorted(set(_SCALAR_TYPES) - {"embedded"}) + ["models_dir", "compile_cache_dir", "prefill_buckets"]:
+    for key in sorted(set(_SCALAR_TYPES) - {"embedded"}) + ["models_dir", "compile_cache_dir", "prefill_buckets",
+                                                                "image_fetch_hosts"]:
         flag = "--" + key.replace("_", "-")
         p.add_argument(flag, dest=key, metavar=key.upper(), help=f"see docs/neuron.md ({key})")
     return p
@@ -273,17 +279,8 @@ def validate(s: Settings) -> Settings:
     def bad(key: str, why: str) -> SettingsError:
         return SettingsError(f"settings: {key}: {why}")
 
-    for key in (
-        "slots",
-        "queue",
-        "context_limit",
-        "tensor_parallel",
-        "data_parallel",
-        "max_request_bytes",
-        "max_image_bytes",
-        "max_tokens_default",
-        "max_n",
-    ):
+    for key in ("slots", "queue", "context_limit", "tensor_parallel", "data_parallel", "max_request_bytes",
+                "max_image_bytes", "max_tokens_default", "max_n"):
         minimum = 0 if key == "queue" else 1
         if getattr(s, key) < minimum:
             raise bad(key, f"must be >= {minimum}, got {getattr(s, key)}")
@@ -307,8 +304,9 @@ def validate(s: Settings) -> Settings:
         raise bad("prefill_buckets", f"must be positive token counts, got {s.prefill_buckets}")
     if s.max_images < 0:
         raise bad("max_images", "must be >= 0")
-    if s.keepalive_s <= 0:
-        raise bad("keepalive_s", "must be > 0")
+    for key in ("keepalive_s", "image_fetch_timeout_s"):
+        if getattr(s, key) <= 0:
+            raise bad(key, "must be > 0")
     if s.models_dir is not None and not s.models_dir.is_dir():
         raise bad("models_dir", f"{s.models_dir} is not a directory")
     return s

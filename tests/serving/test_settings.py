@@ -46,8 +46,22 @@ def test_precedence_toml_env_cli(tmp_path):
     assert s.memory_budget_bytes == int(1.5 * 1024**3)
 
 
+def test_image_fetch_settings(tmp_path):
+    assert load_settings([], env={}).image_fetch_hosts == ()  # default: every remote URL refused
+    cfg = tmp_path / "n.toml"
+    cfg.write_text('image_fetch_hosts = ["Images.Example.com"]\nimage_fetch_timeout_s = 3\n')
+    s = load_settings(["--config", str(cfg)], env={"NEURON_IMAGE_FETCH_ALLOW_HTTP": "true"})
+    assert s.image_fetch_hosts == ("images.example.com",) and s.image_fetch_timeout_s == 3.0
+    assert s.image_fetch_allow_http
+    s = load_settings(["--image-fetch-hosts", "a.test,b.test", "--image-fetch-allow-http", "false"],
+                      env={"NEURON_IMAGE_FETCH_TIMEOUT_S": "2.5"})
+    assert s.image_fetch_hosts == ("a.test", "b.test") and s.image_fetch_timeout_s == 2.5
+    assert not s.image_fetch_allow_http
+
+
 @pytest.mark.parametrize("argv,env,needle", [
     (["--slots", "zero"], {}, "slots"),
+    (["--image-fetch-timeout-s", "0"], {}, "image_fetch_timeout_s"),
     (["--slots", "0"], {}, "slots"),
     ([], {"NEURON_DTYPE": "int4"}, "dtype"),
     ([], {"NEURON_NO_SUCH": "1"}, "no_such"),

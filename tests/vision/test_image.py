@@ -197,6 +197,8 @@ def test_remote_urls_refused_by_default():
     with pytest.raises(ImageError, match="not allowed"):
         load_image_url("http://example.com/cat.png", FetchPolicy(frozenset({"example.com"})))  # https only
     assert FetchPolicy(frozenset({"example.com"})).allows("https://example.com/cat.png")
+    assert FetchPolicy(frozenset({"example.com"}), allow_http=True).allows("http://example.com/cat.png")
+    assert not FetchPolicy(frozenset({"example.com"}), allow_http=True).allows("http://example.org/cat.png")
     with pytest.raises(ImageError, match="scheme"):
         load_image_url("file:///etc/passwd")
 
