@@ -66,7 +66,8 @@ def model_meshes(registry: Any, settings: Any, devs: list[dict[str, Any]]) -> di
     the backend reports no per-device memory, e.g. CPU: host RAM is shared, see ``memory_source``)."""
     from models.qwen36.config import Qwen36Config
     from serving.engine_factory import VISION_PREFIXES, VISION_WIRED
-    from serving.parallel import per_device_bytes, valid_meshes, weight_table
+    from serving.memory import weight_table
+    from serving.parallel import per_device_bytes, valid_meshes
 
     loader, n = registry.loader, len(devs)
     dtype = loader.dtype()

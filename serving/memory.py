@@ -58,13 +58,17 @@ def _header(path: Path) -> dict:
         raise CheckpointLayoutError(f"{path}: cannot read safetensors header ({e})") from e
 
 
-def params_bytes(ckpt_dir: Path, dtype: str, skip_prefixes: tuple[str, ...] = ()) -> int:
-    """Bytes of every tensor in the checkpoint (but ``skip_prefixes``), floating tensors counted at ``dtype``."""
+_FLOATS = ("F32", "BF16", "F16", "F64")  # cast to the load dtype; other tensors keep their stored width
+
+
+def weight_table(ckpt_dir: Path, dtype: str, skip_prefixes: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
+    """``(name, ndim, bytes at the load dtype)`` per checkpoint tensor (but ``skip_prefixes``), from the
+    safetensors headers only."""
     files = sorted(ckpt_dir.glob("*.safetensors"))
     if not files:
         raise CheckpointLayoutError(f"{ckpt_dir}: no *.safetensors files")
     target = DTYPE_BYTES[dtype]
-    total = 0
+    out = []
     for f in files:
         for name, meta in _header(f).items():
             if name == "__metadata__" or name.startswith(skip_prefixes):
@@ -73,8 +77,13 @@ def params_bytes(ckpt_dir: Path, dtype: str, skip_prefixes: tuple[str, ...] = ()
             for dim in meta["shape"]:
                 count *= int(dim)
             st = meta["dtype"]
-            total += count * (target if st in ("F32", "BF16", "F16", "F64") else _ST_BYTES.get(st, 4))
-    return total
+            out.append((name, len(meta["shape"]), count * (target if st in _FLOATS else _ST_BYTES.get(st, 4))))
+    return out
+
+
+def params_bytes(ckpt_dir: Path, dtype: str, skip_prefixes: tuple[str, ...] = ()) -> int:
+    """Bytes of every tensor in the checkpoint (but ``skip_prefixes``), floating tensors counted at ``dtype``."""
+    return sum(nbytes for _, _, nbytes in weight_table(ckpt_dir, dtype, skip_prefixes))
 
 
 def cache_bytes_from_config(cfg, slots: int, context: int, dtype: str) -> int:

@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from serving.memory import DTYPE_BYTES, _header, cache_bytes_from_config, sampler_bytes
+from serving.memory import DTYPE_BYTES, cache_bytes_from_config, sampler_bytes
 
-_FLOATS = ("F32", "BF16", "F16", "F64")
 _MESH_RE = re.compile(r"^\s*(?:(\d+)\s*[xX×]\s*)?(\d+)\s*$")
 
 
@@ -110,21 +108,6 @@ def valid_meshes(text_cfg: Any, n_devices: int, slots: int) -> list[MeshSpec]:
     """Every (dp, tp) with dp·tp ≤ ``n_devices``, tp fitting the model and dp dividing ``slots``."""
     return [MeshSpec(dp, tp) for tp in valid_tp(text_cfg, n_devices)
             for dp in range(1, n_devices // tp + 1) if slots % dp == 0]
-
-
-def weight_table(ckpt_dir: Path, dtype: str, skip_prefixes: tuple[str, ...] = ()) -> list[tuple[str, int, int]]:
-    """``(name, ndim, bytes at the load dtype)`` per checkpoint tensor, from the safetensors headers only."""
-    target = DTYPE_BYTES[dtype]
-    out = []
-    for f in sorted(ckpt_dir.glob("*.safetensors")):
-        for name, meta in _header(f).items():
-            if name == "__metadata__" or name.startswith(skip_prefixes):
-                continue
-            count = 1
-            for dim in meta["shape"]:
-                count *= int(dim)
-            out.append((name, len(meta["shape"]), count * (target if meta["dtype"] in _FLOATS else 4)))
-    return out
 
 
 def per_device_bytes(table: list[tuple[str, int, int]], cfg: Any, spec: MeshSpec, slots: int, context: int,

@@ -153,35 +153,29 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         raise SettingsError(f"{where}: {key}: invalid value {value!r} ({e})") from None
 
 
-def _parse_models(value: Any) -> dict[str, Path]:
+def _id_pairs(value: Any, what: str) -> list[tuple[str, Any]]:
+    """``{id: value}`` (TOML) or ``"a=x,b=y"`` / ``["a=x"]`` (env / flags) as ``(id, value)`` pairs."""
     if isinstance(value, Mapping):
-        pairs = list(value.items())
-    else:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        pairs = []
-        for item in items:
-            mid, sep, path = str(item).partition("=")
-            if not sep or not mid.strip() or not path.strip():
-                raise ValueError(f"expected ID=PATH, got {item!r}")
-            pairs.append((mid.strip(), path.strip()))
-    return {str(k): Path(str(v)).expanduser() for k, v in pairs}
+        return [(str(k), v) for k, v in value.items()]
+    items = value.split(",") if isinstance(value, str) else list(value)
+    pairs = []
+    for item in items:
+        mid, sep, rest = str(item).partition("=")
+        if not sep or not mid.strip() or not rest.strip():
+            raise ValueError(f"expected ID={what}, got {item!r}")
+        pairs.append((mid.strip(), rest.strip()))
+    return pairs
+
+
+def _parse_models(value: Any) -> dict[str, Path]:
+    return {k: Path(str(v)).expanduser() for k, v in _id_pairs(value, "PATH")}
 
 
 def _parse_parallel(value: Any) -> dict[str, Any]:
     """``{id: "DPxTP" | TP | {tensor_parallel, data_parallel}}`` (TOML) or ``"a=2x4,b=4"`` (env / flags)."""
     from serving.parallel import parse_mesh
 
-    if isinstance(value, Mapping):
-        pairs = list(value.items())
-    else:
-        items = value.split(",") if isinstance(value, str) else list(value)
-        pairs = []
-        for item in items:
-            mid, sep, mesh = str(item).partition("=")
-            if not sep or not mid.strip() or not mesh.strip():
-                raise ValueError(f"expected ID=DPxTP, got {item!r}")
-            pairs.append((mid.strip(), mesh.strip()))
-    return {str(k): parse_mesh(dict(v) if isinstance(v, Mapping) else v) for k, v in pairs}
+    return {k: parse_mesh(dict(v) if isinstance(v, Mapping) else v) for k, v in _id_pairs(value, "DPxTP")}
 
 
 def _merge(into: dict[str, Any], raw: Mapping[str, Any], where: str) -> None:
