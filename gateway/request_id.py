@@ -10,7 +10,7 @@ import uuid
 from quart import Quart, Response, request
 
 HEADER = "X-Request-Id"
-_ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # never echo arbitrary bytes into headers and logs
+ACCEPTABLE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")  # never echo arbitrary bytes into headers and logs
 current: contextvars.ContextVar[str | None] = contextvars.ContextVar("cortex_request_id", default=None)
 
 
@@ -20,7 +20,7 @@ def install(app: Quart) -> None:
     @app.before_request
     async def _assign() -> None:
         given = request.headers.get(HEADER, "")
-        current.set(given if _ACCEPTABLE.match(given) else uuid.uuid4().hex)
+        current.set(given if ACCEPTABLE.match(given) else uuid.uuid4().hex)
 
     @app.after_request
     async def _echo(response: Response) -> Response:

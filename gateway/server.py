@@ -10,6 +10,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config
 
 from gateway.app import create_app
+from gateway.fastpath import FastPathApp
 from gateway.metrics import metrics_asgi_app
 from gateway.settings import Settings
 
@@ -35,7 +36,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     api_cfg = _config(settings.gateway.listen)
-    servers = [hypercorn_serve(app, api_cfg, shutdown_trigger=stop.wait, mode="asgi")]
+    servers = [hypercorn_serve(FastPathApp(app), api_cfg, shutdown_trigger=stop.wait, mode="asgi")]
     if settings.gateway.metrics_listen:
         metrics = metrics_asgi_app(app.extensions["metrics"])
         mcfg = _config(settings.gateway.metrics_listen)

@@ -8,7 +8,6 @@ stream's headers are only committed once the first event exists: a token, or a k
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from serving.generation import Fanout
 from serving.image_fetch import fetch_request_images
 from serving.protocol import ChatCompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
-from serving.streaming import GuardedBody, StreamContext, collect_choices, first_event
+from serving.streaming import StreamContext, collect_choices, run_request
 
 
 class ChatService:
@@ -34,48 +33,45 @@ class ChatService:
     async def handle(
         self, req: ChatCompletionRequest, request_id: str
     ) -> dict[str, Any] | AsyncIterator[str]:
-        t0 = time.monotonic()
-        lease = await self.registry.acquire(req.model)
-        ctx: StreamContext | None = None
-        try:
-            model = lease.model
-            fetched = await fetch_request_images(req.messages, model, self.settings)
-            plan = await asyncio.to_thread(build_chat_prompt, req, model, self.settings.max_images, fetched)
-            requested = req.max_completion_tokens or req.max_tokens
-            param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-            max_tokens = resolve_max_tokens(
-                requested,
-                len(plan.ids),
-                model.context_length,
-                self.settings.max_tokens_default,
-                param,
-                "messages",
-            )
-            params = sampling_params(
-                req,
-                max_tokens=max_tokens,
-                logprobs=req.logprobs,
-                top_logprobs=req.top_logprobs or 0,
-                n=req.n,
-                max_n=self.settings.max_n,
-            )
-            fan = Fanout(
-                model,
-                [
-                    GenerationRequest(plan.ids, p, plan.images, f"{request_id}-{i}")
-                    for i, p in enumerate(params)
-                ],
-            )
-            ctx = StreamContext(fan, lease, self.metrics, req.model, "chat", t0, len(plan.ids))
-            if not req.stream:
-                return await self._complete(req, plan, ctx, request_id)
-            first = await first_event(ctx, self.settings.keepalive_s)
-            return GuardedBody(self._stream(req, plan, ctx, first, request_id), ctx)
-        except BaseException:
-            if ctx is not None:
-                await ctx.close()
-            lease.release()
-            raise
+        return await run_request(
+            self.registry,
+            self.metrics,
+            model=req.model,
+            route="chat",
+            stream=req.stream,
+            keepalive_s=self.settings.keepalive_s,
+            start=lambda model: self._start(req, model, request_id),
+            complete=lambda ctx, plan: self._complete(req, plan, ctx, request_id),
+            body=lambda ctx, plan, first: self._stream(req, plan, ctx, first, request_id),
+        )
+
+    async def _start(self, req: ChatCompletionRequest, model: Any, rid: str) -> tuple[Fanout, int, PromptPlan]:
+        """Prompt, sampling and the engine streams of the ``n`` choices."""
+        fetched = await fetch_request_images(req.messages, model, self.settings)
+        plan = await asyncio.to_thread(build_chat_prompt, req, model, self.settings.max_images, fetched)
+        requested = req.max_completion_tokens or req.max_tokens
+        param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+        max_tokens = resolve_max_tokens(
+            requested,
+            len(plan.ids),
+            model.context_length,
+            self.settings.max_tokens_default,
+            param,
+            "messages",
+        )
+        params = sampling_params(
+            req,
+            max_tokens=max_tokens,
+            logprobs=req.logprobs,
+            top_logprobs=req.top_logprobs or 0,
+            n=req.n,
+            max_n=self.settings.max_n,
+        )
+        fan = Fanout(
+            model,
+            [GenerationRequest(plan.ids, p, plan.images, f"{rid}-{i}") for i, p in enumerate(params)],
+        )
+        return fan, len(plan.ids), plan
 
     async def _complete(
         self, req: ChatCompletionRequest, plan: PromptPlan, ctx: StreamContext, rid: str

@@ -6,7 +6,6 @@ Choice index = prompt_index · n + sample_index, as OpenAI numbers them. ``echo`
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,7 @@ from serving.errors import ApiError, bad_request, unsupported
 from serving.generation import Fanout
 from serving.protocol import CompletionRequest
 from serving.sampling import resolve_max_tokens, sampling_params
-from serving.streaming import GuardedBody, StreamContext, collect_choices, first_event
+from serving.streaming import StreamContext, collect_choices, run_request
 
 
 def prompt_list(prompt: Any, model: Any) -> list[tuple[list[int], str]]:
@@ -51,47 +50,44 @@ class CompletionService:
             raise unsupported("best_of", "must equal n (this server does not rerank candidates)")
         if req.echo and req.logprobs is not None:
             raise unsupported("echo", "cannot be combined with logprobs (prompt logprobs are not computed)")
-        t0 = time.monotonic()
-        lease = await self.registry.acquire(req.model)
-        ctx: StreamContext | None = None
-        try:
-            model = lease.model
-            prompts = prompt_list(req.prompt, model)
-            if len(prompts) * req.n > self.settings.max_n * 4:
-                raise bad_request(
-                    f"{len(prompts)} prompts × n={req.n} is too many choices for one request", "prompt"
-                )
-            gen = []
-            for p, (ids, _) in enumerate(prompts):
-                max_tokens = resolve_max_tokens(
-                    req.max_tokens,
-                    len(ids),
-                    model.context_length,
-                    min(self.settings.max_tokens_default, 16),
-                    "max_tokens",
-                    "prompt",
-                )
-                params = sampling_params(
-                    req,
-                    max_tokens=max_tokens,
-                    logprobs=req.logprobs is not None,
-                    top_logprobs=req.logprobs or 0,
-                    n=req.n,
-                    max_n=self.settings.max_n,
-                )
-                gen += [GenerationRequest(ids, s, [], f"{request_id}-{p}-{j}") for j, s in enumerate(params)]
-            fan = Fanout(model, gen, prompt_param="prompt")
-            n_prompt = sum(len(ids) for ids, _ in prompts)
-            ctx = StreamContext(fan, lease, self.metrics, req.model, "completions", t0, n_prompt)
-            if not req.stream:
-                return await self._complete(req, prompts, ctx, request_id)
-            first = await first_event(ctx, self.settings.keepalive_s)
-            return GuardedBody(self._stream(req, prompts, ctx, first, request_id), ctx)
-        except BaseException:
-            if ctx is not None:
-                await ctx.close()
-            lease.release()
-            raise
+        return await run_request(
+            self.registry,
+            self.metrics,
+            model=req.model,
+            route="completions",
+            stream=req.stream,
+            keepalive_s=self.settings.keepalive_s,
+            start=lambda model: self._start(req, model, request_id),
+            complete=lambda ctx, prompts: self._complete(req, prompts, ctx, request_id),
+            body=lambda ctx, prompts, first: self._stream(req, prompts, ctx, first, request_id),
+        )
+
+    async def _start(self, req: CompletionRequest, model: Any, rid: str) -> tuple[Fanout, int, list]:
+        """Prompts, sampling and the engine streams: ``n`` per prompt."""
+        prompts = prompt_list(req.prompt, model)
+        if len(prompts) * req.n > self.settings.max_n * 4:
+            raise bad_request(f"{len(prompts)} prompts × n={req.n} is too many choices for one request", "prompt")
+        gen = []
+        for p, (ids, _) in enumerate(prompts):
+            max_tokens = resolve_max_tokens(
+                req.max_tokens,
+                len(ids),
+                model.context_length,
+                min(self.settings.max_tokens_default, 16),
+                "max_tokens",
+                "prompt",
+            )
+            params = sampling_params(
+                req,
+                max_tokens=max_tokens,
+                logprobs=req.logprobs is not None,
+                top_logprobs=req.logprobs or 0,
+                n=req.n,
+                max_n=self.settings.max_n,
+            )
+            gen += [GenerationRequest(ids, s, [], f"{rid}-{p}-{j}") for j, s in enumerate(params)]
+        fan = Fanout(model, gen, prompt_param="prompt")
+        return fan, sum(len(ids) for ids, _ in prompts), prompts
 
     async def _complete(
         self, req: CompletionRequest, prompts: list, ctx: StreamContext, rid: str

@@ -1,9 +1,11 @@
 """Model lifecycle: available → loading → loaded → unloading → available (or failed), with memory accounting.
 
 One ``asyncio.Lock`` guards state transitions, never the (threaded) load itself. Concurrent loads of one model
-share one task; waiters are shielded, so a client that goes away does not cancel a load others wait for. Memory
-for a load is reserved from the budget (computed from the config before any device memory is touched) when the
-load starts and returned when it fails or the model is unloaded.
+share one task; waiters are shielded, so a client that goes away does not cancel a load others wait for. A load
+is ``loading`` from its first step (preparing: config, safetensors headers, memory estimate), so requests
+arriving meanwhile join it; a failed prepare puts the entry back. Memory for a load is reserved from the budget
+(computed before any device memory is touched) when preparing ends and returned when the load fails or the model
+is unloaded.
 """
 
 from __future__ import annotations
@@ -146,16 +148,36 @@ class Registry:
         return entry
 
     async def _start_load(self, entry: ModelEntry, mesh: MeshSpec) -> None:
-        try:  # 400s: the host cannot form the mesh, the slots do not split over dp, the model does not fit tp
+        """Prepare and start a load; the caller holds the lock. The entry is LOADING, with the load task to wait
+        on, *before* the checkpoint is prepared (config, safetensors headers, memory estimate), so a request
+        arriving meanwhile joins the load. A failed prepare puts the entry back (a bad checkpoint: ``failed``)
+        before that task ends, so nobody waits on a LOADING entry with no load behind it."""
+        before = (entry.state, entry.reason, entry.progress, entry.stage, entry.tensor_parallel, entry.data_parallel)
+        entry.state, entry.reason, entry.progress, entry.stage = ModelState.LOADING, None, 0.0, "preparing"
+        entry.tensor_parallel, entry.data_parallel = mesh.tp, mesh.dp
+        prepared: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        entry.task = asyncio.create_task(self._run_load(entry, mesh, prepared), name=f"load:{entry.id}")
+        try:
             check_host(mesh, self.loader.device_count(), self.settings.slots)
             path, meta, est = await asyncio.to_thread(self.loader.prepare, entry.source, mesh.tp, mesh.dp)
-        except MeshError as e:
-            raise bad_request(f"Cannot load '{entry.id}': {e}", e.param, "invalid_mesh") from None
-        except Exception as e:  # noqa: BLE001 - a bad checkpoint is reported as the model's state
-            self._fail(entry, e)
-            raise ApiError(500, f"Loading '{entry.id}' failed: {entry.reason}", "model_load_failed") from e
-        entry.meta.update(meta)
-        entry.memory_needed = est.total_bytes
+            entry.meta.update(meta)
+            entry.memory_needed = est.total_bytes
+            self._reserve(entry, est)
+        except BaseException as e:  # also a cancelled caller: the load does not start
+            (entry.state, entry.reason, entry.progress, entry.stage, entry.tensor_parallel,
+             entry.data_parallel) = before
+            prepared.set_result(None)
+            if isinstance(e, MeshError):  # 400: no such mesh on this host, or the model's heads do not fit tp
+                raise bad_request(f"Cannot load '{entry.id}': {e}", e.param, "invalid_mesh") from None
+            if isinstance(e, Exception) and not isinstance(e, ApiError):  # a bad checkpoint: the model's state
+                self._fail(entry, e)
+                raise ApiError(500, f"Loading '{entry.id}' failed: {entry.reason}", "model_load_failed") from e
+            raise
+        entry.stage = "starting"
+        prepared.set_result(path)
+
+    def _reserve(self, entry: ModelEntry, est: Any) -> None:
+        """Reserve the load's memory, or 507 when the budget's free part cannot hold it (no await: atomic)."""
         free = self.budget_bytes - self.reserved_bytes
         if est.total_bytes > free:
             loaded = ", ".join(
@@ -170,11 +192,12 @@ class Registry:
                 "insufficient_memory",
                 "model",
             )
-        entry.state, entry.reason, entry.progress, entry.stage = ModelState.LOADING, None, 0.0, "starting"
-        entry.tensor_parallel, entry.data_parallel, entry.reserved = mesh.tp, mesh.dp, est.total_bytes
-        entry.task = asyncio.create_task(self._run_load(entry, path, mesh), name=f"load:{entry.id}")
+        entry.reserved = est.total_bytes
 
-    async def _run_load(self, entry: ModelEntry, path: Any, mesh: MeshSpec) -> None:
+    async def _run_load(self, entry: ModelEntry, mesh: MeshSpec, prepared: asyncio.Future[Any]) -> None:
+        path = await prepared
+        if path is None:
+            return  # preparing failed: ``_start_load`` has put the entry back already
         t0 = time.monotonic()
         log.info("loading model", extra={"model": entry.id, "path": str(path), "tp": mesh.tp, "dp": mesh.dp})
 

@@ -1,13 +1,14 @@
-"""Per-request bookkeeping around a ``Fanout``: first event, metrics (TTFT, tokens, tok/s), and cleanup.
+"""One generation request's life around a ``Fanout``: lease, first event, metrics (TTFT, tokens, tok/s), cleanup.
 
-``StreamContext.close()`` is idempotent and runs from every exit path (done, error, client disconnect): it
-cancels what still runs in the engine, releases the model lease and records the request's metrics.
+``run_request`` is the skeleton the chat and completions services share. ``StreamContext.close()`` is
+idempotent and runs from every exit path (done, error, client disconnect): it cancels what still runs in the
+engine, releases the model lease and records the request's metrics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from serving.errors import ApiError
@@ -132,3 +133,38 @@ class GuardedBody:
             ctx._closed = True
             ctx.fan._cancel_all()
             ctx.lease.release()
+
+
+Start = Callable[[Any], Awaitable[tuple[Fanout, int, Any]]]  # leased model → (streams, prompt tokens, plan)
+
+
+async def run_request(
+    registry: Any,
+    metrics: Any,
+    *,
+    model: str,
+    route: str,
+    stream: bool,
+    keepalive_s: float,
+    start: Start,
+    complete: Callable[[StreamContext, Any], Awaitable[dict[str, Any]]],
+    body: Callable[[StreamContext, Any, Any], AsyncIterator[str]],
+) -> dict[str, Any] | AsyncIterator[str]:
+    """Lease ``model``, ``start`` its engine streams, then ``complete(ctx, plan)`` the response, or return the SSE
+    ``body(ctx, plan, first)`` once its first event exists (admission errors are still HTTP errors then). Any
+    failure before the body is handed over cancels what was started and releases the lease."""
+    t0 = time.monotonic()
+    lease = await registry.acquire(model)
+    ctx: StreamContext | None = None
+    try:
+        fan, prompt_tokens, plan = await start(lease.model)
+        ctx = StreamContext(fan, lease, metrics, model, route, t0, prompt_tokens)
+        if not stream:
+            return await complete(ctx, plan)
+        first = await first_event(ctx, keepalive_s)
+        return GuardedBody(body(ctx, plan, first), ctx)
+    except BaseException:
+        if ctx is not None:
+            await ctx.close()
+        lease.release()
+        raise

@@ -70,7 +70,9 @@ class Neuron:
 
 
 def start_neuron(tmp: Path, settings: dict | None = None, models: dict[str, str] | None = None,
-                 env: dict[str, str] | None = None, wait_loaded: tuple[str, ...] = ("qwen3.6-tiny",)) -> Neuron:
+                 env: dict[str, str] | None = None, wait_loaded: tuple[str, ...] = ("qwen3.6-tiny",),
+                 module: str = "serving.neuron") -> Neuron:
+    """``module``: the entry point to run (a test wrapper around ``serving.neuron`` that installs hooks)."""
     port = free_port()
     cfg = tmp / "neuron.toml"
     cfg.write_text(render_toml({**BASE_SETTINGS, **(settings or {})}, models))
@@ -78,7 +80,7 @@ def start_neuron(tmp: Path, settings: dict | None = None, models: dict[str, str]
     full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "NEURON_COMPILE_CACHE_DIR": str(COMPILE_CACHE),
                 "PYTHONUNBUFFERED": "1", **(env or {})}
     log_file = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.neuron", "--config", str(cfg), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", module, "--config", str(cfg), "--port", str(port)],
                             cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
     neuron = Neuron(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.monotonic() + START_TIMEOUT_S
