@@ -201,8 +201,9 @@ def run_mesh(args: argparse.Namespace, cfg: Any, dp: int, tp: int) -> dict[str, 
     from flax import nnx
 
     from cortex_jax.engine.cache import cache_shardings, init_cache
-    from cortex_jax.engine.steps import decode_positions, make_decode_step, make_prefill_step, text_positions
+    from cortex_jax.engine.steps import make_decode_step, make_prefill_step, text_positions
     from cortex_jax.mesh import make_mesh
+    from cortex_jax.pytree import FlatState
     from cortex_jax.sharding import assert_sharded, rules_for
 
     dtype = jnp.bfloat16
@@ -224,6 +225,7 @@ def run_mesh(args: argparse.Namespace, cfg: Any, dp: int, tp: int) -> dict[str, 
         "decode": {}, "peaks": peaks,
     }
     decode = make_decode_step(graphdef)
+    fstate = FlatState.of(state)  # flattened once: less host time per call
     for batch in args.batches:
         if batch % dp:
             continue
@@ -233,15 +235,14 @@ def run_mesh(args: argparse.Namespace, cfg: Any, dp: int, tp: int) -> dict[str, 
         cache = type(cache)(layers=cache.layers, lengths=jax.device_put(np.full(batch, args.ctx, np.int32),
                                                                          csh.lengths))
         cache_dev = _nbytes_per_device(cache)
-        tok = np.zeros(batch, np.int32)
-        pos = np.asarray(decode_positions(np.full(batch, args.ctx, np.int32)))
+        tok = jax.device_put(np.zeros(batch, np.int32), csh.lengths)
         t0 = time.perf_counter()
-        logits, cache = decode(state, cache, tok, pos)
+        logits, cache = decode(fstate, cache, tok)
         jax.block_until_ready(logits)
         compile_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            logits, cache = decode(state, cache, tok, pos)
+            logits, cache = decode(fstate, cache, tok)  # positions: the rows' lengths, on device
         jax.block_until_ready((logits, cache))
         ms = (time.perf_counter() - t0) / args.steps * 1e3
         d = {"ms_per_step": round(ms, 3), "tok_per_s": round(batch / ms * 1e3, 1), "compile_s": round(compile_s, 1),
@@ -331,6 +332,26 @@ def write_plots(results: list[dict[str, Any]], batches: list[int], out: Path) ->
     return files
 
 
+def write_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Write results.json and results.md under ``--out``; returns (successful runs, markdown table)."""
+    import jax
+
+    n = jax.device_count()
+    ok = [r for r in results if "error" not in r]
+    env = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": n,
+           "device_kind": jax.devices()[0].device_kind, "small": args.small, "ctx": args.ctx,
+           "steps": args.steps, "batches": args.batches, "prefill_len": args.prefill_len,
+           "ckpt": None if args.ckpt is None else str(args.ckpt), "date": time.strftime("%Y-%m-%d")}
+    (args.out / "results.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
+    table = write_table(ok, args.batches) if ok else "no successful runs\n"
+    failed = "".join(f"\n* {r['dp']}x{r['tp']}: {r['error']}" for r in results if "error" in r)
+    (args.out / "results.md").write_text(
+        f"# bench_sharding ({env['device_kind']}, jax {env['jax']}, ctx {args.ctx}, prefill {args.prefill_len})\n\n"
+        + table + failed + "\n"
+    )
+    return ok, table
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.devices:
@@ -365,21 +386,12 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as e:  # noqa: BLE001 (out of memory on small meshes: record and go on)
             print(f"{dp}x{tp} failed: {type(e).__name__}: {str(e)[:500]}", file=sys.stderr)
             results.append({"dp": dp, "tp": tp, "devices": dp * tp, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+            write_results(args, results)
             continue
         results.append(rec)
         print(json.dumps(rec), flush=True)
-    ok = [r for r in results if "error" not in r]
-    env = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": n,
-           "device_kind": jax.devices()[0].device_kind, "small": args.small, "ctx": args.ctx,
-           "steps": args.steps, "batches": args.batches, "prefill_len": args.prefill_len,
-           "ckpt": None if args.ckpt is None else str(args.ckpt)}
-    (args.out / "results.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
-    table = write_table(ok, args.batches) if ok else "no successful runs\n"
-    failed = "".join(f"\n* {r['dp']}x{r['tp']}: {r['error']}" for r in results if "error" in r)
-    (args.out / "results.md").write_text(
-        f"# bench_sharding ({env['device_kind']}, jax {env['jax']}, ctx {args.ctx}, prefill {args.prefill_len})\n\n"
-        + table + failed + "\n"
-    )
+        write_results(args, results)  # after every mesh: a run cut short still leaves what finished
+    ok, table = write_results(args, results)
     plots = write_plots(ok, args.batches, args.out) if ok else []
     print(table)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'}" + "".join(f", {p}" for p in plots))

@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cortex_jax.kernels.sampling import SampleOut, SamplingArrays, pack_rows, sample
-from cortex_jax.pytree import pytree_dataclass
+from cortex_jax.pytree import FlatState, pytree_dataclass, unflatten_state
 
 Array = jax.Array
 
@@ -123,6 +123,7 @@ def _put_rows(tree, sub, start):
 
 def _prefill_chunk(fns, shardings, state, pool: SlotPool, slot, tokens, positions, valid, fresh, last,
                    rope_delta, params: SamplingArrays, input_embeds, *, num_top):
+    state = unflatten_state(state)
     sub = _rows(pool.cache, slot, 1)
     sub = jax.tree.map(lambda x: jnp.where(fresh, jnp.zeros_like(x), x), sub)
     hidden, sub = fns.forward(state, tokens, positions, valid, sub, input_embeds)
@@ -147,6 +148,7 @@ def _prefill_chunk(fns, shardings, state, pool: SlotPool, slot, tokens, position
 
 
 def _decode(fns, shardings, state, pool: SlotPool, active, params: SamplingArrays, *, num_top):
+    state = unflatten_state(state)
     s = active.shape[0]
     pos = (pool.cache.lengths + pool.rope_delta).astype(jnp.int32)  # [S]
     positions = jnp.broadcast_to(pos[None, :, None], (3, s, 1))
@@ -188,7 +190,7 @@ class Runner:
         self.vocab_size = int(vocab_size)
         self.buckets = tuple(sorted(int(b) for b in prefill_buckets))
         self.chunk_size = self.buckets[-1]
-        self.state = state
+        self.state = FlatState.of(state)  # flattened once: a step call then costs one callback, not ~850
         s = self.num_slots
         # The small per-slot arrays are replicated over the cache's mesh (they sit beside it in one jit, and
         # the step returns them with that mesh: starting elsewhere would compile every step twice).

@@ -9,8 +9,12 @@ Shapes: B rows, T prompt tokens (padded to a bucket), V vocab, D width.
 * ``prefill_step(state, cache, tokens [B,T], positions [3,B,T], valid [B,T], input_embeds=None)
   -> (last_logits [B,V] fp32, cache)``: logits of each row's last valid token (rows with no valid token get
   the logits of position 0: ignore them).
-* ``decode_step(state, cache, tokens [B], positions [3,B], valid=None) -> (logits [B,V] fp32, cache)``:
-  one token per row; ``valid [B]`` (default all) leaves the cache rows where it is False untouched.
+* ``decode_step(state, cache, tokens [B], positions=None, valid=None) -> (logits [B,V] fp32, cache)``:
+  one token per row; ``positions [3,B]`` default the rows' cache lengths (text, computed on device);
+  ``valid [B]`` (default all) leaves the cache rows where it is False untouched.
+
+``state`` may be the model's nnx ``State`` or a :class:`cortex_jax.pytree.FlatState` of it (flattened once:
+much less host time per call, which matters for decode).
 * ``forward_step(state, cache, tokens, positions, valid, input_embeds=None) -> (logits [B,T,V], cache)``:
   every position (scoring / prompt logprobs / tests).
 
@@ -26,10 +30,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from cortex_jax.pytree import unflatten_state
 
 Array = jax.Array
 
@@ -90,7 +95,7 @@ def _placer(cache: Any):
 def make_prefill_step(graphdef: nnx.GraphDef):
     @partial(jax.jit, donate_argnames=("cache",))
     def prefill(state, cache, tokens, positions, valid, input_embeds):
-        model = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef, unflatten_state(state))
         h, cache = model(tokens, positions, valid, cache, input_embeds=input_embeds)
         t = valid.shape[1]
         last = jnp.max(jnp.where(valid, jnp.arange(t, dtype=jnp.int32), 0), axis=-1)  # [B]
@@ -114,15 +119,18 @@ def make_prefill_step(graphdef: nnx.GraphDef):
 def make_decode_step(graphdef: nnx.GraphDef):
     @partial(jax.jit, donate_argnames=("cache",))
     def decode(state, cache, tokens, positions, valid):
-        model = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef, unflatten_state(state))
+        if positions is None:  # plain text: the next position of each row is its cache length
+            positions = decode_positions(cache.lengths)
+        if valid is None:
+            valid = jnp.ones(tokens.shape, bool)
         h, cache = model(tokens[:, None], positions[:, :, None], valid[:, None], cache)
         return model.logits(h[:, 0]), cache
 
     def decode_step(
-        state: nnx.State, cache: Any, tokens: Array, positions: Array, valid: Array | None = None
+        state: nnx.State, cache: Any, tokens: Array, positions: Array | None = None, valid: Array | None = None
     ) -> tuple[Array, Any]:
         place = _placer(cache)
-        valid = np.ones(np.shape(tokens), bool) if valid is None else valid
         return decode(state, cache, place(tokens, 0), place(positions, 1), place(valid, 0))
 
     return decode_step
@@ -131,7 +139,7 @@ def make_decode_step(graphdef: nnx.GraphDef):
 def make_forward_step(graphdef: nnx.GraphDef):
     @partial(jax.jit, donate_argnames=("cache",))
     def forward(state, cache, tokens, positions, valid, input_embeds):
-        model = nnx.merge(graphdef, state)
+        model = nnx.merge(graphdef, unflatten_state(state))
         h, cache = model(tokens, positions, valid, cache, input_embeds=input_embeds)
         return model.logits(h), cache
 

@@ -31,6 +31,7 @@ from flax import nnx
 from cortex_jax.checkpoint import load_state
 from cortex_jax.engine.api import ImageInput
 from cortex_jax.mesh import make_mesh
+from cortex_jax.pytree import unflatten_state
 from cortex_jax.sharding import AxisRules, rules_for, state_shardings
 from models.qwen36.config import Qwen36Config
 from models.qwen36.decoder import Qwen36ForCausalLM
@@ -149,7 +150,7 @@ def make_vision_step(graphdef: nnx.GraphDef):
 
     @jax.jit
     def vision_step(state: nnx.State, pixel_values: Array, layout: PatchLayout) -> Array:
-        return nnx.merge(graphdef, state).encode_images(pixel_values, layout)
+        return nnx.merge(graphdef, unflatten_state(state)).encode_images(pixel_values, layout)
 
     return vision_step
 
@@ -159,7 +160,7 @@ def make_embed_step(graphdef: nnx.GraphDef):
 
     @jax.jit
     def embed_step(state: nnx.State, tokens: Array, features: Array) -> Array:
-        return nnx.merge(graphdef, state).embed_multimodal(tokens, features)
+        return nnx.merge(graphdef, unflatten_state(state)).embed_multimodal(tokens, features)
 
     return embed_step
 
