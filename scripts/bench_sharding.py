@@ -141,14 +141,13 @@ def _time(fn, n: int) -> float:
 
 
 def build_state(cfg: Any, mesh: Any, rules: Any, dtype: Any, ckpt: Path | None):
-    """(graphdef, state, seconds): random weights initialised inside jit straight into their shards, or a
+    """(graphdef, state, seconds): random weights generated straight into their shards, or a
     checkpoint through the sharded loader."""
     import jax
+    import jax.numpy as jnp
     import numpy as np
-    from flax import nnx
 
     from cortex_jax.sharding import state_shardings
-    from models.qwen36.decoder import Qwen36ForCausalLM
     from models.qwen36.loading import abstract_model, load_model
 
     t0 = time.perf_counter()
@@ -158,15 +157,24 @@ def build_state(cfg: Any, mesh: Any, rules: Any, dtype: Any, ckpt: Path | None):
     else:
         graphdef, abstract = abstract_model(cfg, dtype=dtype, rules=rules, with_mtp=False, mesh=mesh)
         shardings = state_shardings(abstract, mesh, rules)
+        # One small jitted generator per (shape, dtype, sharding), each writing straight into its shards. (A jit
+        # of the whole model constructor took > 9 minutes to compile for tp=4 on an H100 host.)
+        gens: dict[tuple, Any] = {}
 
-        def init():
-            model = Qwen36ForCausalLM(cfg, dtype=dtype, rngs=nnx.Rngs(0), rules=rules, with_mtp=False, mesh=mesh)
-            return nnx.split(model)[1]
+        def gen(leaf, sh, key):
+            k = (tuple(leaf.shape), str(leaf.dtype), sh)
+            if k not in gens:
+                gens[k] = jax.jit(lambda kk, s=tuple(leaf.shape), d=leaf.dtype:
+                                  (jax.random.normal(kk, s, jnp.float32) * 0.02).astype(d), out_shardings=sh)
+            return gens[k](key)
 
-        state = jax.jit(init, out_shardings=shardings)()
+        leaves, treedef = jax.tree.flatten(abstract)
+        sh_leaves = jax.tree.leaves(shardings)  # same structure as abstract, a NamedSharding per leaf
+        keys = jax.random.split(jax.random.key(0), len(leaves))
+        state = jax.tree.unflatten(treedef, [gen(x, sh, kk) for x, sh, kk in zip(leaves, sh_leaves, keys, strict=True)])
         if jax.default_backend() == "cpu":
             # Workaround (CPU only, small models): with 8 fake CPU devices and dp = 2, the prefill step hangs
-            # when fed the jit-initialised arrays directly but not the same values re-placed from the host
+            # when fed jit-initialised arrays directly but not the same values re-placed from the host
             # (jax 0.10.2; not understood yet, see docs/sharding.md). Re-placing needs each tensor whole on
             # the host, which is fine for --small and never done on accelerators.
             state = jax.tree.map(lambda x: jax.device_put(np.asarray(x), x.sharding), state)

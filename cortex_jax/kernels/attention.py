@@ -6,18 +6,58 @@ D head dim.
 Query head h uses kv head h // G (reference §3.4), done by viewing q as ``[B, T, K, G, D]`` rather than
 repeating the cache. Key j is visible to the query of row b at token t iff ``j <= q_index[b, t]`` and
 ``j < kv_len[b]``.
+
+Two implementations with one contract, chosen per call (at trace time) by the ``CORTEX_ATTENTION`` environment
+variable:
+
+* ``auto`` (default): the Pallas flash kernel (:mod:`cortex_jax.kernels.flash_attention`) when
+  ``jax.default_backend() == "gpu"``, T ≥ 16 (prefill / chunked prefill; decode keeps the XLA einsum) and the
+  process sees one device (a pallas_call has no GSPMD sharding rule, so under a tp/dp mesh XLA would gather
+  its operands); otherwise XLA.
+* ``xla``: always the einsum path below (:func:`xla_cached_attention`).
+* ``pallas``: always the flash kernel (interpreted on CPU: slow, for tests only).
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 
+ATTENTION_ENV = "CORTEX_ATTENTION"
+_IMPLS = ("auto", "xla", "pallas")
+_PALLAS_MIN_T = 16  # shorter query blocks (decode) stay on XLA in auto mode
+
+
+def attention_impl(t: int) -> str:
+    """``"xla"`` or ``"pallas"``: what :func:`cached_attention` runs for T = ``t`` query tokens (reads
+    ``CORTEX_ATTENTION`` on every call, so it is fixed when a jitted caller is traced)."""
+    mode = os.environ.get(ATTENTION_ENV, "auto").strip().lower() or "auto"
+    if mode not in _IMPLS:
+        raise ValueError(f"{ATTENTION_ENV}={mode!r}; expected one of {_IMPLS}")
+    if mode == "auto":
+        use = t >= _PALLAS_MIN_T and jax.default_backend() == "gpu" and jax.device_count() == 1
+        return "pallas" if use else "xla"
+    return mode
+
 
 def cached_attention(q, k_cache, v_cache, q_index, kv_len) -> Array:
-    """softmax(q·kᵀ·D^-0.5 + mask)·v over the cache.
+    """softmax(q·kᵀ·D^-0.5 + mask)·v over the cache; dispatches to XLA or the Pallas kernel (module doc).
+
+    Args/returns: see :func:`xla_cached_attention`; both implementations share the contract.
+    """
+    if attention_impl(q.shape[1]) == "pallas":
+        from cortex_jax.kernels.flash_attention import flash_cached_attention  # lazy: imports pallas
+
+        return flash_cached_attention(q, k_cache, v_cache, q_index, kv_len, interpret=jax.default_backend() != "gpu")
+    return xla_cached_attention(q, k_cache, v_cache, q_index, kv_len)
+
+
+def xla_cached_attention(q, k_cache, v_cache, q_index, kv_len) -> Array:
+    """softmax(q·kᵀ·D^-0.5 + mask)·v over the cache, as XLA einsums (materialises fp32 logits [B,K,G,T,S]).
 
     Args:
       q: ``[B, T, H, D]`` (post-norm, post-RoPE).

@@ -17,14 +17,22 @@ is garbage and ignored by callers). That is how callers mask invalid tokens, and
 The q scaling by dk^-0.5 is applied whether or not ``use_qk_l2norm`` is set, as HF's torch reference does.
 q/k may have fewer heads than v (GQA, ``H % Hk == 0``): value head h then reads key head ``h // (H/Hk)``
 (repeat-interleave, pitfall 9); the model may also repeat before calling.
+
+Prefill implementations (``chunked_gated_delta``): the inter-chunk recurrence is a ``lax.scan`` (``xla``) or one
+Pallas Triton kernel (``pallas``, ``gated_delta_pallas.py``), chosen by CORTEX_GDN_KERNEL (auto = pallas on one GPU);
+the intra-chunk triangular solve is a blocked inverse plus matmuls by default (CORTEX_GDN_SOLVE).
 """
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from cortex_jax.kernels.gated_delta_pallas import PallasConfig, config_from_env, gdn_chunk_scan
 
 Array = jax.Array
 
@@ -35,22 +43,23 @@ def _l2norm(u: Array) -> Array:
     return u * lax.rsqrt(jnp.sum(u * u, axis=-1, keepdims=True) + _L2_EPS)
 
 
-def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm):
+def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=2):
     """Cast to fp32, expand GQA key heads, normalise and scale q/k.
 
-    Returns q, k [B,T,H,K], v [B,T,H,V], g/beta [B,T,H], state [B,H,K,V], all fp32.
+    Returns q, k [B,T,H,K], v [B,T,H,V], g/beta [B,T,H], state [B,H,K,V], all fp32 (with ``head_axis=1``
+    the inputs and outputs are head-major: [B,H,T,·]).
     """
     q, k, v, g, beta = (jnp.asarray(x, jnp.float32) for x in (q, k, v, g, beta))
-    n_v, n_k = v.shape[2], k.shape[2]
+    n_v, n_k = v.shape[head_axis], k.shape[head_axis]
     if n_v != n_k:
         if n_v % n_k:
             raise ValueError(f"value heads {n_v} not a multiple of key heads {n_k}")
-        q = jnp.repeat(q, n_v // n_k, axis=2)
-        k = jnp.repeat(k, n_v // n_k, axis=2)
+        q = jnp.repeat(q, n_v // n_k, axis=head_axis)
+        k = jnp.repeat(k, n_v // n_k, axis=head_axis)
     if use_qk_l2norm:
         q, k = _l2norm(q), _l2norm(k)
     q = q * (q.shape[-1] ** -0.5)
-    b, _, h, dk = k.shape
+    b, h, dk = k.shape[0], k.shape[head_axis], k.shape[-1]
     dv = v.shape[-1]
     if initial_state.shape != (b, h, dk, dv):
         raise ValueError(f"initial_state {initial_state.shape} != {(b, h, dk, dv)}")
@@ -86,13 +95,147 @@ def recurrent_gated_delta(q, k, v, g, beta, initial_state, *, use_qk_l2norm=True
         return jnp.moveaxis(o, 0, 1), state
 
 
-def _solve_unit_lower(lower: Array, rhs: Array) -> Array:
+# ---------------------------------------------------------------------------------------------------------------
+# Chunked form (prefill)
+# ---------------------------------------------------------------------------------------------------------------
+
+_HIGHEST = lax.Precision.HIGHEST
+_SOLVE_BLOCK = 16  # diagonal block size of the "blocked" inverse (triangular solve)
+_MERGE_BLOCK = 8  # diagonal block size of the "merge" inverse (unrolled substitution)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default).strip().lower() or default
+
+
+def _mm(a: Array, b: Array) -> Array:
+    """Batched fp32 matmul at HIGHEST precision (no tf32 on GPU): a [..., M, X] · b [..., X, P]."""
+    return jnp.einsum("...ij,...jk->...ik", a, b, precision=_HIGHEST)
+
+
+def _trsm_unit_lower(lower: Array, rhs: Array) -> Array:
     """Solve (I + lower)·X = rhs; lower [..., C, C] strictly lower triangular, rhs [..., C, M]."""
     return lax.linalg.triangular_solve(lower, rhs, left_side=True, lower=True, unit_diagonal=True)
 
 
+def _subst_unit_lower_inverse(lower: Array) -> Array:
+    """(I + lower)⁻¹ by unrolled forward substitution (column-oriented, elementwise only; for small blocks)."""
+    b = lower.shape[-1]
+    x = jnp.broadcast_to(jnp.eye(b, dtype=lower.dtype), lower.shape)
+    for j in range(b - 1):  # row j of x is final here; eliminate it from the rows below
+        x = x - lower[..., :, j : j + 1] * x[..., j : j + 1, :]
+    return x
+
+
+def _unit_lower_inverse(lower: Array, block: int, base: str = "trsm") -> Array:
+    """(I + lower)⁻¹ for strictly lower triangular ``lower [..., C, C]``, by blocks.
+
+    The ``block × block`` diagonal blocks are inverted in one batch (``base="trsm"``: unit-lower triangular solve
+    against the identity; ``"subst"``: unrolled elementwise forward substitution, no solver call), then pairs of
+    neighbouring inverses are merged, doubling the size each time::
+
+        [[A, 0], [G, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹·G·A⁻¹, D⁻¹]]
+
+    with fp32 ``HIGHEST`` matmuls. Every intermediate is a block of the true inverse (no power series of L, so
+    no cancellation: see ``test_identical_keys_no_decay``). ``block >= C`` is a single block.
+    """
+    c = lower.shape[-1]
+    nb = c // block if block < c and c % block == 0 else 1
+    if nb & (nb - 1):  # merging needs a power-of-two number of blocks
+        nb = 1
+    b0 = c // nb
+    diag = jnp.stack([lower[..., i * b0 : (i + 1) * b0, i * b0 : (i + 1) * b0] for i in range(nb)], axis=-3)
+    if base == "subst":
+        inv = _subst_unit_lower_inverse(diag)  # [..., nb, b0, b0]
+    else:
+        inv = _trsm_unit_lower(diag, jnp.broadcast_to(jnp.eye(b0, dtype=lower.dtype), diag.shape))
+    size = b0
+    while size < c:
+        a, d = inv[..., 0::2, :, :], inv[..., 1::2, :, :]  # inverses of the upper-left / lower-right blocks
+        # G of merged pair p: rows of its second half, columns of its first half
+        blocks = [
+            lower[..., (2 * p + 1) * size : (2 * p + 2) * size, 2 * p * size : (2 * p + 1) * size]
+            for p in range(inv.shape[-3] // 2)
+        ]
+        gblk = jnp.stack(blocks, axis=-3)
+        off = -_mm(d, _mm(gblk, a))
+        top = jnp.concatenate([a, jnp.zeros_like(a)], axis=-1)
+        inv = jnp.concatenate([top, jnp.concatenate([off, d], axis=-1)], axis=-2)
+        size *= 2
+    return inv[..., 0, :, :]
+
+
+SOLVE_METHODS = ("blocked", "merge", "inverse", "trsm")
+
+
+def _solve_unit_lower(lower: Array, rhs: tuple[Array, ...], method: str) -> tuple[Array, ...]:
+    """(I + lower)⁻¹·r for each r in ``rhs`` (all [..., C, ·]), by ``method``:
+
+    * "blocked": 16×16 diagonal blocks by one batched triangular solve, merged to C×C, then one matmul per r;
+    * "merge": 8×8 diagonal blocks by unrolled forward substitution (no solver call), merged, then matmuls;
+    * "inverse": one C×C triangular solve against the identity, then matmuls;
+    * "trsm": one triangular solve against all right-hand sides, concatenated (the original code).
+    """
+    if method == "trsm":
+        widths = np.cumsum([r.shape[-1] for r in rhs])[:-1]
+        return tuple(jnp.split(_trsm_unit_lower(lower, jnp.concatenate(rhs, axis=-1)), widths, axis=-1))
+    if method == "blocked":
+        inv = _unit_lower_inverse(lower, _SOLVE_BLOCK)
+    elif method == "merge":
+        inv = _unit_lower_inverse(lower, _MERGE_BLOCK, base="subst")
+    elif method == "inverse":
+        inv = _unit_lower_inverse(lower, lower.shape[-1])
+    else:
+        raise ValueError(f"unknown solve method {method!r} ({' | '.join(SOLVE_METHODS)})")
+    return tuple(_mm(inv, r) for r in rhs)  # separate products: U and W land in their own buffers, no slicing
+
+
+def _intra_chunk(q, k, v, g, beta, solve: str):
+    """Per-chunk terms, batched over any leading axes: q, k [..., C, K], v [..., C, V], g, beta [..., C].
+
+    Returns γ [..., C] (cumulative log-decay), U [..., C, V], W [..., C, K] and A [..., C, C].
+    """
+    c = g.shape[-1]
+    gam = jnp.cumsum(g, axis=-1)
+    causal = np.tri(c, dtype=bool)  # j <= i
+    strict = np.tri(c, k=-1, dtype=bool)  # j < i
+    # mask before exp: γ_i − γ_j > 0 above the diagonal could overflow
+    diff = gam[..., :, None] - gam[..., None, :]  # [..., C(i), C(j)]
+    decay = jnp.exp(jnp.where(causal, diff, -jnp.inf))
+    kk = jnp.einsum("...ik,...jk->...ij", k, k)
+    lower = jnp.where(strict, beta[..., :, None] * kk * decay, 0.0)
+    attn = jnp.einsum("...ik,...jk->...ij", q, k) * decay  # A, diagonal included
+    e_gam = jnp.exp(gam)[..., None]
+    u, w = _solve_unit_lower(lower, (beta[..., None] * v, beta[..., None] * k * e_gam), solve)
+    return gam, u, w, attn
+
+
+def _pick_impl(impl: str | None, chunk: int) -> str:
+    impl = (impl or _env("CORTEX_GDN_KERNEL", "auto")).lower()
+    if impl == "auto":
+        triton_ok = chunk >= 16 and not chunk & (chunk - 1)
+        # one device only: a pallas_call has no sharding rule, so under a tp/dp mesh XLA would gather its
+        # inputs onto every device (a shard_map at the call site is the way to shard it; not done yet)
+        single = jax.device_count() == 1
+        return "pallas" if jax.default_backend() == "gpu" and triton_ok and single else "xla"
+    if impl not in ("xla", "pallas"):
+        raise ValueError(f"unknown gated delta implementation {impl!r} (auto | xla | pallas)")
+    return impl
+
+
 def chunked_gated_delta(
-    q, k, v, g, beta, initial_state, *, chunk_size=64, use_qk_l2norm=True
+    q,
+    k,
+    v,
+    g,
+    beta,
+    initial_state,
+    *,
+    chunk_size=64,
+    use_qk_l2norm=True,
+    impl: str | None = None,
+    solve: str | None = None,
+    pallas_config: PallasConfig | None = None,
 ) -> tuple[Array, Array]:
     """Chunked (WY / UT-transform) gated delta rule for prefill; same contract as ``recurrent_gated_delta``.
 
@@ -103,11 +246,25 @@ def chunked_gated_delta(
         A[i,j] = (q_i·k_j) e^{γ_i−γ_j},    j ≤ i
         per chunk in order:  Vn = U − W·S;  O = (Q⊙e^γ)·S + A·Vn;  S ← e^{γ_C}·S + (K⊙e^{γ_C−γ})ᵀ·Vn
 
-    All but the last line are independent across chunks and computed batched; a ``lax.scan`` carries S.
+    All but the last line are independent across chunks and computed batched. The last line (the recurrence)
+    runs as a ``lax.scan`` over chunks (``impl="xla"``) or as one Pallas kernel (``impl="pallas"``,
+    ``gated_delta_pallas.gdn_chunk_scan``; through the Pallas interpreter off GPU). ``impl=None`` reads
+    CORTEX_GDN_KERNEL (auto | xla | pallas; auto = pallas on GPU), ``solve=None`` reads CORTEX_GDN_SOLVE
+    (blocked | merge | inverse | trsm, see ``_solve_unit_lower``; default blocked) and ``pallas_config=None`` is
+    ``PallasConfig()`` overridden by CORTEX_GDN_PALLAS_*; environment variables are read when the function is
+    traced.
     """
+    c = int(chunk_size)
+    impl = _pick_impl(impl, c)
+    solve = (solve or _env("CORTEX_GDN_SOLVE", "blocked")).lower()
+    if impl == "pallas":
+        return _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config)
+    return _chunked_xla(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve)
+
+
+def _chunked_xla(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve):
     q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm)
     b, t, h, _ = k.shape
-    c = int(chunk_size)
     pad = (-t) % c
     n = (t + pad) // c
 
@@ -121,20 +278,8 @@ def chunked_gated_delta(
     q, k, v, g, beta = (to_chunks(x) for x in (q, k, v, g, beta))
 
     with jax.named_scope("gdn_intra_chunk"):
-        gam = jnp.cumsum(g, axis=-1)  # [N,B,H,C]
-        causal = np.tri(c, dtype=bool)  # j <= i
-        strict = np.tri(c, k=-1, dtype=bool)  # j < i
-        # mask before exp: γ_i − γ_j > 0 above the diagonal could overflow
-        diff = gam[..., :, None] - gam[..., None, :]  # [N,B,H,C(i),C(j)]
-        decay = jnp.exp(jnp.where(causal, diff, -jnp.inf))
-        kk = jnp.einsum("nbhik,nbhjk->nbhij", k, k)
-        lower = jnp.where(strict, beta[..., :, None] * kk * decay, 0.0)
-        attn = jnp.einsum("nbhik,nbhjk->nbhij", q, k) * decay  # A, diagonal included
-        e_gam = jnp.exp(gam)[..., None]  # [N,B,H,C,1]
-        rhs = jnp.concatenate([beta[..., None] * v, beta[..., None] * k * e_gam], axis=-1)
-        uw = _solve_unit_lower(lower, rhs)  # one solve for both right-hand sides
-        u, w = uw[..., : v.shape[-1]], uw[..., v.shape[-1] :]  # [N,B,H,C,V], [N,B,H,C,K]
-        q_dec = q * e_gam  # reads of the chunk-initial state decay to position i
+        gam, u, w, attn = _intra_chunk(q, k, v, g, beta, solve)
+        q_dec = q * jnp.exp(gam)[..., None]  # reads of the chunk-initial state decay to position i
         k_dec = k * jnp.exp(gam[..., -1:] - gam)[..., None]  # writes decay from position i to the chunk end
         chunk_decay = jnp.exp(gam[..., -1])[..., None, None]  # [N,B,H,1,1]
 
@@ -148,4 +293,27 @@ def chunked_gated_delta(
     with jax.named_scope("gdn_inter_chunk"):
         state, o = lax.scan(body, state, (q_dec, k_dec, u, w, attn, chunk_decay))  # o [N,B,H,C,V]
     o = jnp.swapaxes(jnp.swapaxes(o, 2, 3), 0, 1).reshape(b, n * c, h, -1)
+    return o[:, :t], state
+
+
+def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config):
+    # head-major [B,H,T,·] from the start: the swap happens on the raw (bf16) inputs and fuses with the fp32
+    # cast / l2norm; the chunked view [B,H,N,C,·] is then a free reshape and every per-chunk tile is contiguous
+    q, k, v, g, beta = (jnp.swapaxes(x, 1, 2) for x in (q, k, v, g, beta))
+    q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=1)
+    b, h, t, _ = k.shape
+    pad = (-t) % c
+    n = (t + pad) // c
+
+    def to_chunks(x: Array) -> Array:  # [B,H,T,...] -> [B,H,N,C,...]; padded steps are zeros (g=beta=k=0)
+        x = jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3))
+        return x.reshape(b, h, n, c, *x.shape[3:])
+
+    q, k, v, g, beta = (to_chunks(x) for x in (q, k, v, g, beta))
+    with jax.named_scope("gdn_intra_chunk"):
+        gam, u, w, attn = _intra_chunk(q, k, v, g, beta, solve)
+    with jax.named_scope("gdn_inter_chunk"):
+        cfg = config_from_env(pallas_config)
+        interpret = jax.default_backend() != "gpu"
+        o, state = gdn_chunk_scan(q, k, u, w, attn, gam, state, config=cfg, interpret=interpret)  # o [B,N·C,H,V]
     return o[:, :t], state
