@@ -148,8 +148,9 @@ class Engine:
         self._thread.join(timeout)
 
     def warmup(self) -> None:
-        """Compile every prefill bucket and both decode variants (the pool is left as it was in effect: slot 0
-        is re-zeroed by its next admission, and a decode with no active slot changes nothing)."""
+        """Compile every prefill bucket and both decode variants of every decode bucket (the pool is left as it
+        was in effect: slot 0 is re-zeroed by its next admission, and a decode with no active slot changes
+        nothing)."""
         from cortex_jax.engine.api import SamplingParams
 
         row = (SamplingParams(temperature=0.0), 0, 0)
@@ -157,7 +158,8 @@ class Engine:
             self.runner.prefill(0, [0] * b, _arange3(b), fresh=True, last=True, rope_delta=0, sampling=row,
                                 num_top=MAX_TOP_LOGPROBS)
         for top in (0, MAX_TOP_LOGPROBS):
-            self.runner.decode([None] * self.runner.num_slots, num_top=top)
+            for bucket in (*self.runner.decode_buckets, None):  # None: the full pool
+                self.runner.decode([None] * self.runner.num_slots, num_top=top, bucket=bucket)
 
     # ---- submission (caller threads) ------------------------------------------------------------
     def _submit(self, request: GenerationRequest, sink) -> RequestStream:

@@ -13,7 +13,9 @@ donated (updated in place):
 * ``decode``: all S slots, one token each, with ``valid = active`` so idle slots and slots still mid-prefill
   are untouched (model contract: invalid tokens leave every state unchanged). The input tokens
   (``last_token``) and positions (``cache.lengths + rope_delta``) live on device, so a step uploads only the
-  active mask and the packed sampling settings.
+  active mask and the packed sampling settings. When few slots are active, ``decode_rows`` runs the same
+  step over a gathered sub-batch of ``N`` rows (the smallest of ``DECODE_BUCKETS`` that fits), so one user
+  does not pay for a batch-S step.
 
 The model surface used is the documented call contract (docs/architecture.md):
 ``hidden, cache = model(tokens, positions, valid, cache, input_embeds=None)`` and ``model.logits(hidden)``.
@@ -165,6 +167,21 @@ def _decode(fns, shardings, state, pool: SlotPool, active, params: SamplingArray
     return _constrain(pool, shardings), out
 
 
+def _decode_rows(fns, shardings, state, pool: SlotPool, idx, active, params: SamplingArrays, *, num_top):
+    """Decode only the pool rows ``idx [N]`` (N = a decode bucket < S): gather them, run ``_decode`` on the
+    N-row sub-pool, scatter them back. Outputs are scattered to ``[S]`` rows (zeros elsewhere) so callers index
+    them by slot as for the full step. Costs a copy of the N rows' cache in and out (small next to the weights
+    at low batch) and saves running the model over S − N idle rows."""
+    take = partial(jnp.take, indices=idx, axis=0)
+    sub = SlotPool(cache=jax.tree.map(take, pool.cache), last_token=take(pool.last_token),
+                   rope_delta=take(pool.rope_delta), counts=take(pool.counts), prompt_seen=take(pool.prompt_seen))
+    sub, out = _decode(fns, None, state, sub, active, params, num_top=num_top)
+    pool = jax.tree.map(lambda full, part: full.at[idx].set(part), pool, sub)
+    s = pool.last_token.shape[0]
+    out = jax.tree.map(lambda x: jnp.zeros((s, *x.shape[1:]), x.dtype).at[idx].set(x), out)
+    return _constrain(pool, shardings), out
+
+
 def _constrain(pool, shardings):
     # Pin the donated pool's layout so every step returns it exactly as it came in (no resharding, and the
     # donation can alias the input buffers).
@@ -178,13 +195,17 @@ def _constrain(pool, shardings):
 _prefill_jit = jax.jit(_prefill_chunk, static_argnums=(0, 1), static_argnames=("num_top",),
                        donate_argnums=(3,))
 _decode_jit = jax.jit(_decode, static_argnums=(0, 1), static_argnames=("num_top",), donate_argnums=(3,))
+_decode_rows_jit = jax.jit(_decode_rows, static_argnums=(0, 1), static_argnames=("num_top",), donate_argnums=(3,))
+
+DECODE_BUCKETS: tuple[int, ...] = (1, 4, 16, 64)  # sub-batch sizes below the slot count (each one compile)
 
 
 class Runner:
     """Slot pool + fused steps. ``cache`` must already be allocated with batch = ``num_slots``."""
 
     def __init__(self, fns: ModelFns, state: Any, cache: Any, *, vocab_size: int, max_context: int,
-                 prefill_buckets: Sequence[int] = (64, 128, 256, 512), mesh: Any = None):
+                 prefill_buckets: Sequence[int] = (64, 128, 256, 512), mesh: Any = None,
+                 decode_buckets: Sequence[int] | None = DECODE_BUCKETS):
         self.num_slots = int(cache.lengths.shape[0])
         self.max_context = int(max_context)
         self.vocab_size = int(vocab_size)
@@ -213,6 +234,11 @@ class Runner:
                             "per_slot_bytes": total_b // s}
         self._prefill = partial(_prefill_jit, fns, shardings)
         self._decode = partial(_decode_jit, fns, shardings)
+        self._decode_rows = partial(_decode_rows_jit, fns, shardings)
+        # Decode runs over the smallest bucket that holds the active slots (the full pool when none is smaller).
+        # Not under data parallelism: gathering rows of a dp-sharded pool would move them between devices.
+        dp = 1 if pool_mesh is None else int(dict(pool_mesh.shape).get("dp", 1))
+        self.decode_buckets = tuple(sorted(b for b in (decode_buckets or ()) if 0 < b < s)) if dp == 1 else ()
 
     # ---- memory ---------------------------------------------------------------------------------
     def pool_bytes(self) -> dict[str, int]:
@@ -250,15 +276,27 @@ class Runner:
             np.int32(rope_delta), pack_rows([sampling]), emb, num_top=num_top)
         return _to_host(out) if last else None
 
-    def decode(self, rows: Sequence[tuple | None], num_top: int = 0) -> HostSample:
-        """One decode step over all slots; ``rows[i]`` is ``(SamplingParams, seed, step)`` or None (idle)."""
-        return self.to_host(self.decode_async(rows, num_top))
+    def decode(self, rows: Sequence[tuple | None], num_top: int = 0, bucket: int | None = None) -> HostSample:
+        """One decode step; ``rows[i]`` is slot i's ``(SamplingParams, seed, step)`` or None (idle)."""
+        return self.to_host(self.decode_async(rows, num_top, bucket))
 
-    def decode_async(self, rows: Sequence[tuple | None], num_top: int = 0) -> SampleOut:
-        """Dispatch a decode step without waiting: returns the device-side result (read it with ``to_host``).
-        The next step may be dispatched first; it chains on the pool on device."""
+    def decode_async(self, rows: Sequence[tuple | None], num_top: int = 0, bucket: int | None = None) -> SampleOut:
+        """Dispatch a decode step without waiting: returns the device-side result (read it with ``to_host``),
+        rows indexed by slot. The next step may be dispatched first; it chains on the pool on device.
+
+        The step runs over the smallest of ``decode_buckets`` holding every active slot (``bucket`` forces one,
+        e.g. to compile it at warm-up), else over all slots."""
         active = np.array([r is not None for r in rows], bool)
-        self.pool, out = self._decode(self.state, self.pool, active, pack_rows(rows), num_top=num_top)
+        n = int(active.sum())
+        nb = bucket if bucket is not None else next((b for b in self.decode_buckets if b >= n), None)
+        if nb is None or nb >= self.num_slots:
+            self.pool, out = self._decode(self.state, self.pool, active, pack_rows(rows), num_top=num_top)
+            return out
+        # the active slots first, then idle ones (inactive rows: the model leaves them untouched) to fill nb
+        idx = np.concatenate([np.flatnonzero(active), np.flatnonzero(~active)])[:nb].astype(np.int32)
+        sub_rows = [rows[i] for i in idx]
+        self.pool, out = self._decode_rows(self.state, self.pool, idx, active[idx], pack_rows(sub_rows),
+                                           num_top=num_top)
         return out
 
     @staticmethod
