@@ -10,7 +10,9 @@ the target state path (``re`` template, dotted nnx path such as ``model.layers.3
    duplicate fills and shape mismatches are collected and raised together as one :class:`CheckpointError`
    naming every key and shape;
 3. per tensor, ``jax.make_array_from_callback`` asks for exactly the slices each device addresses; the
-   callback reads that slice from the mmap, applies the transform and casts to the param dtype.
+   callback reads that slice from the mmap, applies the transform and casts to the param dtype. Plain
+   transposes (PyTorch Linear ``[out, in]`` → kernel ``[in, out]``) are the exception: each device reads its
+   block as it lies in the file and transposes on the device (host transposes are ~20x slower than copies).
 
 The headers are parsed here rather than with ``safetensors.safe_open``: its numpy backend cannot return bf16
 (``TypeError: data type 'bfloat16' not understood`` with safetensors 0.8), and the format (8-byte
@@ -20,6 +22,7 @@ is simple to validate strictly. bf16 uses ``ml_dtypes.bfloat16``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -33,6 +36,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +340,10 @@ def load_state(
             return np.ascontiguousarray(tf.apply(src[tf.src_index(index)]).astype(want_dtype))
 
         try:
-            arr = jax.make_array_from_callback(tuple(var.shape), flat_sh[target], cb)
+            if tf is TRANSPOSE:
+                arr = _load_transposed(src, want_dtype, flat_sh[target])
+            else:
+                arr = jax.make_array_from_callback(tuple(var.shape), flat_sh[target], cb)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{info.file}: cannot read tensor {key!r}: {e}") from e
         out.append((path, var.replace(value=arr)))
@@ -344,6 +351,31 @@ def load_state(
         if progress is not None:
             progress(done, total, bytes_done, bytes_total)
     return nnx.from_flat_state(out)
+
+
+def _load_transposed(src: np.ndarray, dtype: np.dtype, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A PyTorch Linear weight ``[out, in]`` from the file as the kernel ``[in, out]`` with ``sharding``.
+
+    Each device reads its block of the file as it lies (a plain copy: a host-side transpose runs at ~0.45 GB/s
+    on one core, and the 27B checkpoint is 95 % Linear weights) and the transpose happens on the device, in
+    place of the shards: the file-layout array is sharded with the two mesh axes swapped, so the jitted
+    transpose needs no communication.
+    """
+    file_sharding = sharding
+    if isinstance(sharding, NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
+        file_sharding = NamedSharding(sharding.mesh, PartitionSpec(spec[1], spec[0]))
+
+    def cb(index: Index) -> np.ndarray:
+        return np.ascontiguousarray(src[tuple(index)].astype(dtype))
+
+    raw = jax.make_array_from_callback(tuple(src.shape), file_sharding, cb)
+    return _transpose_to(sharding)(raw)
+
+
+@functools.lru_cache(maxsize=64)
+def _transpose_to(sharding: jax.sharding.Sharding):
+    return jax.jit(jnp.transpose, out_shardings=sharding)
 
 
 def _flat_shardings(shardings: Any):

@@ -28,6 +28,7 @@ head_dim       —      per-head feature dims
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,6 +230,65 @@ class Sharder:
         return jax.lax.with_sharding_constraint(
             x, NamedSharding(mesh, fit_to_mesh(x.shape, spec(axes, self.rules), mesh))
         )
+
+    def active_mesh(self) -> Any:
+        """The mesh constraints apply to (``mesh``, else the one set by ``jax.set_mesh``), or None if there is
+        none or it has a single device (nothing to partition)."""
+        mesh = self.mesh if self.mesh is not None else jax.sharding.get_abstract_mesh()
+        if mesh is None or mesh.empty or mesh.size == 1:
+            return None
+        return mesh
+
+    def knows_placement(self) -> bool:
+        """True if the arrays this sharder's model touches are laid out by a known mesh (or the process has one
+        device): an opaque op (``pallas_call``) can then be wrapped by :meth:`shard_map`."""
+        if self.mesh is not None:
+            return True
+        return not jax.sharding.get_abstract_mesh().empty or jax.device_count() == 1
+
+    def shard_map(self, f: Callable, in_axes: Sequence[Axes], out_axes: Any) -> Callable:
+        """``f`` run per device on its shards: ``shard_map`` over the active mesh with specs from the logical
+        ``in_axes`` (one tuple per positional argument) and ``out_axes`` (a tuple, or a tuple of tuples for
+        several outputs). Without a multi-device mesh: ``f`` itself.
+
+        ``f`` is called as ``f(*local_args, rules=fitted)``, ``fitted`` being the table actually used: a logical
+        axis whose mesh axes do not divide some argument's dimension (batch 1 on dp = 2) is replicated for every
+        argument and output, so all operands agree. Meant for ops that are independent per batch row / head
+        (opaque kernels); ``f`` may call ``lax.axis_index`` on the fitted mesh axes.
+        """
+        mesh = self.active_mesh()
+        if mesh is None:
+            return functools.partial(f, rules=self.rules)
+
+        def wrapped(*args):
+            if len(args) != len(in_axes):
+                raise ValueError(f"shard_map: {len(args)} arguments for {len(in_axes)} axes tuples")
+            drop = set()
+            for x, axes in zip(args, in_axes, strict=True):
+                if len(axes) != x.ndim:
+                    raise ValueError(f"argument of shape {x.shape} got {len(axes)} logical axes {axes}")
+                for dim, name in zip(x.shape, axes, strict=True):
+                    if name is not None and dim % _mesh_size(mesh, getattr(self.rules, name)):
+                        drop.add(name)
+            rules = self.rules.replace(**{n: None for n in drop}) if drop else self.rules
+            in_specs = tuple(spec(a, rules) for a in in_axes)
+            many = bool(out_axes) and isinstance(out_axes[0], tuple)
+            out_specs = tuple(spec(a, rules) for a in out_axes) if many else spec(out_axes, rules)
+            return shard_map_compat(functools.partial(f, rules=rules), mesh, in_specs, out_specs)(*args)
+
+        return wrapped
+
+
+def shard_map_compat(f: Callable, mesh: Any, in_specs: Any, out_specs: Any) -> Callable:
+    """``jax.shard_map`` (jax ≥ 0.7; the only one left in 0.11) or ``jax.experimental.shard_map.shard_map`` on
+    older jax, over every axis of ``mesh`` (a ``Mesh`` or ``AbstractMesh``), without the replication check
+    (a ``pallas_call`` has no replication rule)."""
+    new = getattr(jax, "shard_map", None)
+    if new is not None:
+        return new(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    from jax.experimental.shard_map import shard_map as old  # pragma: no cover - jax < 0.7
+
+    return old(f, mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
 
 
 def assert_sharded(state: Any, min_bytes: int = 1 << 20, rules: AxisRules | None = None) -> None:

@@ -91,10 +91,10 @@ def make_inputs(case: Case, heads: tuple[int, int, int], seed: int = 0):
     h, n_kv, d = heads
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
     q = jax.random.normal(kq, (case.b, case.t, h, d), jnp.float32).astype(case.dtype)
-    k = jax.random.normal(kk, (case.b, case.s, n_kv, d), jnp.float32)
-    v = jax.random.normal(kv, (case.b, case.s, n_kv, d), jnp.float32)
+    k = jax.random.normal(kk, (case.b, n_kv, case.s, d), jnp.float32)  # head-major cache [B, K, S, D]
+    v = jax.random.normal(kv, (case.b, n_kv, case.s, d), jnp.float32)
     kv_len = jnp.asarray(case.kv_len, jnp.int32)
-    live = (jnp.arange(case.s)[None, :] < kv_len[:, None])[:, :, None, None]
+    live = (jnp.arange(case.s)[None, :] < kv_len[:, None])[:, None, :, None]
     k = jnp.where(live, k, 3e4).astype(case.dtype)  # large finite junk beyond kv_len: must never be read
     v = jnp.where(live, v, -5e4).astype(case.dtype)
     q_index = (jnp.asarray(case.q_start, jnp.int32)[:, None] + jnp.arange(case.t, dtype=jnp.int32)[None, :]).astype(

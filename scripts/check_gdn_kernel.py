@@ -20,6 +20,20 @@ Phases (everything printed as it happens, a summary table at the end):
   4. end to end ``chunked_gated_delta`` (jit, median of --reps, block_until_ready) at each --lengths for
      xla/trsm (the old code), xla/blocked, pallas/default and the fastest accurate configs, with max |Δ| of
      outputs and final state vs xla/trsm.
+
+``--prologue`` runs only the fused-prologue check instead (``gated_delta_prologue.gdn_chunk_prologue``, selected
+in ``chunked_gated_delta`` by CORTEX_GDN_PROLOGUE=pallas)::
+
+    PYTHONPATH=. python3 scripts/check_gdn_kernel.py --prologue            # GPU, 27B shapes
+    PYTHONPATH=. python3 scripts/check_gdn_kernel.py --prologue --small    # CPU smoke run
+
+  P1. kernel only at T=--kernel-len (8192): the XLA prologue (``_intra_chunk``, blocked solve, default matmul
+      precision as in production) vs the Pallas kernel for a few configs (warps × diagonal block × precision),
+      max |Δ| of γ/U/W/A vs the XLA prologue at HIGHEST; also both including the shared ``_prepare`` (l2norm,
+      head-major swap, padding: the "prologue 2.0 ms" of docs/kernels.md);
+  P2. accuracy at T=--acc-len (2048) vs the float64 loop: the pallas path with either prologue;
+  P3. end to end ``chunked_gated_delta`` (impl=pallas) with CORTEX_GDN_PROLOGUE=xla vs pallas at --lengths
+      (default 8192), and a final ``PROLOGUE RESULT`` line.
 """
 
 from __future__ import annotations
@@ -45,6 +59,7 @@ def parse_args():
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (median)")
     p.add_argument("--no-probe", action="store_true", help="skip the subprocess probe of the configs")
     p.add_argument("--quick", action="store_true", help="4 kernel configs instead of 11")
+    p.add_argument("--prologue", action="store_true", help="only check/time the fused Pallas prologue (P1-P3)")
     p.add_argument("--probe", type=str, default=None, help=argparse.SUPPRESS)  # internal: configs as JSON
     return p.parse_args()
 
@@ -211,12 +226,251 @@ def run_probes(cfgs, timeout=300):
 # --------------------------------------------------------------------------------------------------------------
 
 
+class env_vars:
+    """Set environment variables for a block (chunked_gated_delta reads CORTEX_GDN_* when it is traced)."""
+
+    def __init__(self, **values):
+        self.values, self.saved = values, {}
+
+    def __enter__(self):
+        for key, val in self.values.items():
+            self.saved[key] = os.environ.get(key)
+            os.environ[key] = str(val)
+
+    def __exit__(self, *exc):
+        for key, old in self.saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def prologue_configs(small: bool):
+    from cortex_jax.kernels.gated_delta_prologue import PrologueConfig, prologue_config_from_env
+
+    default = prologue_config_from_env()  # what CORTEX_GDN_PROLOGUE=pallas uses (tf32x3 on GPU)
+    if small:
+        return [default, default._replace(block=8)]
+    cfgs = [default]
+    for warps in (4, 8):
+        for block in (8, 16, 32):
+            cfgs.append(PrologueConfig(num_warps=warps, block=block, precision="tf32x3"))
+    cfgs.append(PrologueConfig(num_warps=4, block=16, precision="ieee"))  # fp32 FMA dots: for scale
+    return list(dict.fromkeys(cfgs))
+
+
+def prologue_cfg_name(cfg) -> str:
+    return f"w{cfg.num_warps}/s{cfg.num_stages}/b{cfg.block}/{cfg.precision}"
+
+
+def prologue_env(cfg) -> dict:
+    return dict(
+        CORTEX_GDN_PROLOGUE="pallas",
+        CORTEX_GDN_PROLOGUE_WARPS=cfg.num_warps,
+        CORTEX_GDN_PROLOGUE_STAGES=cfg.num_stages,
+        CORTEX_GDN_PROLOGUE_BLOCK=cfg.block,
+        CORTEX_GDN_PROLOGUE_PRECISION=cfg.precision,
+    )
+
+
+def prologue_main(jax, args) -> int:
+    """P1-P3 of ``--prologue`` (see the module docstring)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from cortex_jax.kernels import gated_delta as gd
+    from cortex_jax.kernels.gated_delta import chunked_gated_delta
+    from cortex_jax.kernels.gated_delta_prologue import gdn_chunk_prologue
+
+    small = args.small
+    if small:
+        b, h, hk, dk, dv, chunk = 2, 4, 2, 32, 32, 16
+        lengths, acc_len, kernel_len, reps = [200], 100, 200, 3
+    else:
+        b, h, hk, dk, dv, chunk = 1, 48, 48, 128, 128, 64
+        lengths, acc_len, kernel_len, reps = [8192], 2048, 8192, 20
+    if args.lengths:
+        lengths = [int(x) for x in args.lengths.split(",") if x]
+    acc_len, kernel_len, reps = args.acc_len or acc_len, args.kernel_len or kernel_len, args.reps or reps
+    on_gpu = jax.default_backend() == "gpu"
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.devices()}")
+    print(
+        f"fused prologue check: B={b} H={h} Hk={hk} dk={dk} dv={dv} chunk={chunk}; kernel T={kernel_len}, "
+        f"accuracy T={acc_len}, end-to-end T={lengths}, reps={reps}, interpret={not on_gpu}\n",
+        flush=True,
+    )
+    summary = []
+
+    def fail(what, e):
+        print(f"  {what} FAIL\n    " + short_error(e).replace("\n", "\n    "), flush=True)
+        summary.append((what, "FAIL", "-", "-"))
+
+    # ---- P1: kernel only --------------------------------------------------------------------------------------
+    print(f"== P1: prologue alone at T={kernel_len} ==", flush=True)
+    x = make_inputs(jax, b, kernel_len, h, hk, dk, dv, seed=2)
+
+    def prepare(q, k, v, g, beta, s0):  # _chunked_pallas up to the prologue (shared by both prologues)
+        q, k, v, g, beta = (jnp.swapaxes(a, 1, 2) for a in (q, k, v, g, beta))
+        q, k, v, g, beta, s0 = gd._prepare(q, k, v, g, beta, s0, True, head_axis=1)
+        bb, hh, t, _ = k.shape
+        pad = (-t) % chunk
+        n = (t + pad) // chunk
+
+        def to_chunks(a):
+            a = jnp.pad(a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3))
+            return a.reshape(bb, hh, n, chunk, *a.shape[3:])
+
+        return tuple(to_chunks(a) for a in (q, k, v, g, beta))
+
+    with jax.default_matmul_precision("highest"):
+        pin = jax.block_until_ready(jax.jit(prepare)(*x))
+        ref = jax.block_until_ready(jax.jit(lambda *a: gd._intra_chunk(*a, "blocked"))(*pin))
+    ref_max = [float(jnp.max(jnp.abs(r))) for r in ref]
+
+    def errors(out):  # max |Δ| of γ, U, W, A vs the HIGHEST XLA prologue
+        return [float(jnp.max(jnp.abs(o - r))) for o, r in zip(out, ref, strict=True)]
+
+    def err_text(errs):
+        return " ".join(f"{n}={e:.1e}" for n, e in zip(("γ", "U", "W", "A"), errs, strict=True))
+
+    xla_ms = None
+    try:
+        xla_ms, out = bench(jax, jax.jit(lambda *a: gd._intra_chunk(*a, "blocked")), pin, reps)
+        errs = errors(out)
+        print(
+            f"  xla  _intra_chunk (blocked, default precision) {xla_ms:8.3f} ms   max|Δ| {err_text(errs)}", flush=True
+        )
+        summary.append(("P1 prologue alone", "xla", f"{xla_ms:.3f}", err_text(errs)))
+        del out
+    except Exception as e:  # noqa: BLE001
+        fail("P1 xla prologue", e)
+    kernel_res = {}
+    for cfg in prologue_configs(small):
+        name = prologue_cfg_name(cfg)
+        try:
+            f = jax.jit(lambda *a, cfg=cfg: gdn_chunk_prologue(*a, config=cfg, interpret=not on_gpu))
+            ms, out = bench(jax, f, pin, reps)
+            errs = errors(out)
+            finite = all(bool(jnp.isfinite(o).all()) for o in out)
+            rel = max(e / max(m, 1e-30) for e, m in zip(errs, ref_max, strict=True))
+            kernel_res[cfg] = (ms, rel, finite)
+            print(f"  pallas {name:26s} {ms:8.3f} ms   max|Δ| {err_text(errs)}  (max rel {rel:.1e})", flush=True)
+            summary.append(("P1 prologue alone", f"pallas {name}", f"{ms:.3f}", err_text(errs)))
+            del out
+        except Exception as e:  # noqa: BLE001
+            fail(f"P1 pallas {name}", e)
+    print(f"  (max |ref|: γ={ref_max[0]:.1f} U={ref_max[1]:.1f} W={ref_max[2]:.2f} A={ref_max[3]:.2f})")
+    good = [(v[0], c) for c, v in kernel_res.items() if v[2] and v[1] < 1e-4 and c.precision != "tf32"]
+    best = min(good)[1] if good else None
+    incl = {}
+    if best is not None:
+        print(f"  fastest accurate config: {prologue_cfg_name(best)}")
+        variants = [("xla", lambda *a: gd._intra_chunk(*prepare(*a), "blocked"))]
+        variants.append(("pallas", lambda *a: gdn_chunk_prologue(*prepare(*a), config=best, interpret=not on_gpu)))
+        for label, fn in variants:
+            try:
+                ms, out = bench(jax, jax.jit(fn), x, reps)
+                incl[label] = ms
+                print(f"  with _prepare (l2norm, swap, pad): {label:6s} {ms:8.3f} ms", flush=True)
+                summary.append(("P1 prepare+prologue", label, f"{ms:.3f}", "-"))
+                del out
+            except Exception as e:  # noqa: BLE001
+                fail(f"P1 prepare+prologue {label}", e)
+    del x, pin
+    ref = None  # frees the reference outputs (errors() is not called after this)
+
+    # ---- P2: accuracy vs float64 ------------------------------------------------------------------------------
+    print(f"\n== P2: accuracy at T={acc_len} vs the float64 loop (heads 0-{min(HEADS_REF, h) - 1}) ==", flush=True)
+    x = make_inputs(jax, b, acc_len, h, hk, dk, dv, seed=0)
+    hr = min(HEADS_REF, h)
+    o64, s64 = numpy_reference(jax.device_get(x), hr)
+    acc = {}
+    p_variants = [("xla prologue", dict(CORTEX_GDN_PROLOGUE="xla"))]
+    p_variants.append(("pallas prologue (env default)", dict(CORTEX_GDN_PROLOGUE="pallas")))
+    for label, env in p_variants:
+        try:
+            with env_vars(**env):
+                f = jax.jit(lambda *a: chunked_gated_delta(*a, chunk_size=chunk, impl="pallas"))
+                o, s = (np.asarray(a) for a in jax.block_until_ready(f(*x)))
+            e64 = max(np.abs(o[:, :, :hr] - o64).max(), np.abs(s[:, :hr] - s64).max())
+            acc[label] = e64 if np.isfinite(o).all() and np.isfinite(s).all() else float("inf")
+            print(f"  pallas scan + {label:30s} vs f64 max|Δ|={e64:.2e}", flush=True)
+            summary.append((f"P2 acc T={acc_len}", label, "-", f"f64 {e64:.1e}"))
+        except Exception as e:  # noqa: BLE001
+            fail(f"P2 {label}", e)
+    del x
+
+    # ---- P3: end to end ---------------------------------------------------------------------------------------
+    print(f"\n== P3: end-to-end chunked_gated_delta (impl=pallas) at T={lengths} ==", flush=True)
+    e2e_variants = [("xla prologue", dict(CORTEX_GDN_PROLOGUE="xla"))]
+    e2e_variants.append(("pallas prologue (env default)", dict(CORTEX_GDN_PROLOGUE="pallas")))
+    if best is not None:
+        e2e_variants.append((f"pallas prologue {prologue_cfg_name(best)}", prologue_env(best)))
+    e2e = {}
+    for t in lengths:
+        x = make_inputs(jax, b, t, h, hk, dk, dv, seed=3)
+        base = None
+        for label, env in e2e_variants:
+            try:
+                with env_vars(**env):
+                    f = jax.jit(lambda *a: chunked_gated_delta(*a, chunk_size=chunk, impl="pallas"))
+                    ms, (o, s) = bench(jax, f, x, reps)
+                if base is None:
+                    base, do, ds = (o, s), 0.0, 0.0
+                else:
+                    do = float(jnp.max(jnp.abs(o - base[0])))
+                    ds = float(jnp.max(jnp.abs(s - base[1])))
+                e2e[(t, label)] = ms
+                print(
+                    f"  T={t:6d} {label:44s} {ms:9.3f} ms   vs xla prologue max|Δo|={do:.2e} max|Δs|={ds:.2e}",
+                    flush=True,
+                )
+                summary.append((f"P3 e2e T={t}", label, f"{ms:.3f}", f"Δo {do:.1e} Δs {ds:.1e}"))
+                del o, s
+            except Exception as e:  # noqa: BLE001
+                fail(f"P3 T={t} {label}", e)
+        del x, base
+
+    # ---- summary ----------------------------------------------------------------------------------------------
+    print("\n== summary ==")
+    hdr = ("phase", "variant", "ms", "error")
+    widths = [max(len(str(r[i])) for r in [hdr, *summary]) for i in range(len(hdr))]
+    for r in [hdr, *summary]:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+    t_main = lengths[-1]
+    ms_x = e2e.get((t_main, "xla prologue"))
+    ms_p = e2e.get((t_main, "pallas prologue (env default)"))
+    ms_b = e2e.get((t_main, f"pallas prologue {prologue_cfg_name(best)}")) if best is not None else None
+    if best is None or ms_x is None or ms_p is None:
+        print("\nPROLOGUE RESULT: fused prologue FAILED or inaccurate (see above); keep CORTEX_GDN_PROLOGUE=xla")
+        return 1
+    best_ms = kernel_res[best][0]
+    e_x, e_p = acc.get("xla prologue", float("nan")), acc.get("pallas prologue (env default)", float("nan"))
+    print(
+        f"\nPROLOGUE RESULT: kernel alone {best_ms:.3f} ms ({prologue_cfg_name(best)}) vs XLA "
+        f"{xla_ms if xla_ms is not None else float('nan'):.3f} ms; with _prepare {incl.get('pallas', float('nan')):.3f}"
+        f" vs {incl.get('xla', float('nan')):.3f} ms; layer e2e T={t_main}: {ms_p:.3f} ms (env default config)"
+        + (f", {ms_b:.3f} ms (fastest config)" if ms_b is not None else "")
+        + f" vs {ms_x:.3f} ms (xla prologue); vs f64 at T={acc_len}: {e_p:.1e} (pallas) vs {e_x:.1e} (xla)"
+    )
+    faster = min(ms_p, ms_b or ms_p) < ms_x
+    accurate = e_p <= max(2 * e_x, 1e-3)
+    verdict = "flip the default to pallas" if faster and accurate else "keep xla"
+    print(
+        f"PROLOGUE VERDICT: {verdict} (faster: {faster}, accurate: {accurate}); fastest config env: "
+        + " ".join(f"{k}={v}" for k, v in prologue_env(best).items())
+    )
+    return 0
+
+
 def main() -> int:
     args = parse_args()
     if args.probe is not None:
         return probe_main(args.probe)
     small = args.small
     jax = setup(small)
+    if args.prologue:
+        return prologue_main(jax, args)
     import jax.numpy as jnp
     import numpy as np
 

@@ -4,8 +4,9 @@ Gated DeltaNet layers, and the number of cached tokens per row.
 Shape letters: B rows (slots), S max cached tokens, Hkv KV heads, hd head dim, K conv taps, C conv channels
 (``2·Hk·dk + Hv·dv``), Hv value heads, dk/dv key/value head dims.
 
-* ``AttnCache(k, v)``: ``[B, S, Hkv, hd]`` each, model dtype, post-k_norm and post-RoPE. Entries at
-  index ≥ ``lengths[b]`` are stale and never read.
+* ``AttnCache(k, v)``: ``[B, Hkv, S, hd]`` each (head-major: the attention einsums and the flash kernel read
+  one head's ``[S, hd]`` rows contiguously, no per-step transpose), model dtype, post-k_norm and post-RoPE.
+  Entries at index ≥ ``lengths[b]`` are stale and never read.
 * ``GdnCache(conv, recurrent)``: ``conv [B, K-1, C]`` the last K−1 *raw* ``in_proj_qkv`` outputs, channels in
   the model's key-head-group order (docs/sharding.md) (model
   dtype), ``recurrent [B, Hv, dk, dv]`` float32 (pitfall 13).
@@ -34,8 +35,8 @@ Array = jax.Array
 
 @pytree_dataclass()
 class AttnCache:
-    k: Array  # [B, S, Hkv, hd]
-    v: Array  # [B, S, Hkv, hd]
+    k: Array  # [B, Hkv, S, hd]
+    v: Array  # [B, Hkv, S, hd]
 
 
 @pytree_dataclass()
@@ -58,7 +59,7 @@ class HybridCache:
         """S of the attention layers (0 for a model without full-attention layers)."""
         for c in self.layers:
             if isinstance(c, AttnCache):
-                return int(c.k.shape[1])
+                return int(c.k.shape[2])
         return 0
 
 
@@ -69,8 +70,8 @@ def _is_full(kind: Any) -> bool:
 
 def _layer_shapes(cfg_text: Any, batch: int, max_len: int, dtype: Any):
     """Yield, per layer, ``(kind, {field: (shape, dtype, logical_axes)})``."""
-    kv = (batch, max_len, cfg_text.num_key_value_heads, cfg_text.head_dim)
-    kv_axes = ("batch", None, "kv_heads", None)
+    kv = (batch, cfg_text.num_key_value_heads, max_len, cfg_text.head_dim)
+    kv_axes = ("batch", "kv_heads", None, None)
     conv = (batch, cfg_text.linear_conv_kernel_dim - 1, cfg_text.conv_dim)
     rec = (
         batch,

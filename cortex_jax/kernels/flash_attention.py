@@ -2,6 +2,7 @@
 :func:`cortex_jax.kernels.attention.cached_attention`.
 
 Shape letters: B batch, T query tokens, S cache length, H query heads, K kv heads, G = H/K, D head dim.
+Layouts: q ``[B, T, H, D]``, caches head-major ``[B, K, S, D]`` (the engine's cache layout), o ``[B, T, H, D]``.
 
 Why: the XLA path materialises fp32 logits ``[B,K,G,T,S]`` over the whole cache (6.4 GB for one 8192-token
 prefill of the 27B model, ~18 GB of temporaries in all) and computes the causal upper triangle and the unused
@@ -140,7 +141,8 @@ def flash_cached_attention(
 
     Args:
       q: ``[B, T, H, D]`` (post-norm, post-RoPE).
-      k_cache, v_cache: ``[B, S, K, D]``; entries at j ≥ kv_len may be anything finite (never read).
+      k_cache, v_cache: ``[B, K, S, D]`` (head-major, the engine's cache layout); entries at j ≥ kv_len may be
+        anything finite (never read).
       q_index: ``[B, T] int32``, cache index of each query token (any value for invalid queries).
       kv_len: ``[B] int32``, number of valid cache entries per row (including this call's writes).
       block_q, block_k: query / key tile sizes (powers of two, clamped to >= 16 and to the padded T / S).
@@ -152,7 +154,7 @@ def flash_cached_attention(
       o ``[B, T, H, D]`` in q.dtype; zeros for a query that sees no key.
     """
     b, t, h, d = q.shape
-    _, s, n_kv, dk = k_cache.shape
+    _, n_kv, s, dk = k_cache.shape
     if v_cache.shape != k_cache.shape or dk != d or k_cache.shape[0] != b:
         raise ValueError(f"shape mismatch: q {q.shape}, k_cache {k_cache.shape}, v_cache {v_cache.shape}")
     if h % n_kv:
@@ -181,7 +183,7 @@ def flash_cached_attention(
     if t_pad != t or d_pad != d:
         q = jnp.pad(q, ((0, 0), (0, t_pad - t), (0, 0), (0, d_pad - d)))
     if s_pad != s or d_pad != d:
-        pads = ((0, 0), (0, s_pad - s), (0, 0), (0, d_pad - d))
+        pads = ((0, 0), (0, 0), (0, s_pad - s), (0, d_pad - d))
         k_cache, v_cache = jnp.pad(k_cache, pads), jnp.pad(v_cache, pads)
 
     if num_warps is None:
@@ -193,8 +195,8 @@ def flash_cached_attention(
     def q_map(hh, i, bb):
         return bb, last - i, hh, 0
 
-    def kv_map(hh, i, bb):
-        return bb, 0, hh // g, 0
+    def kv_map(hh, i, bb):  # the cache is head-major: one kv head's [S, D] rows are one contiguous block
+        return bb, hh // g, 0, 0
 
     def lim_map(hh, i, bb):
         return bb, last - i
@@ -209,8 +211,8 @@ def flash_cached_attention(
         in_specs=[
             pl.BlockSpec((sq, bq), lim_map),
             pl.BlockSpec((sq, bq, sq, d_pad), q_map),
-            pl.BlockSpec((sq, s_pad, sq, d_pad), kv_map),
-            pl.BlockSpec((sq, s_pad, sq, d_pad), kv_map),
+            pl.BlockSpec((sq, sq, s_pad, d_pad), kv_map),
+            pl.BlockSpec((sq, sq, s_pad, d_pad), kv_map),
         ],
         out_specs=pl.BlockSpec((sq, bq, sq, d_pad), q_map),
         out_shape=jax.ShapeDtypeStruct((b, t_pad, h, d_pad), out_dtype),

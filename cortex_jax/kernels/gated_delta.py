@@ -19,8 +19,11 @@ q/k may have fewer heads than v (GQA, ``H % Hk == 0``): value head h then reads 
 (repeat-interleave, pitfall 9); the model may also repeat before calling.
 
 Prefill implementations (``chunked_gated_delta``): the inter-chunk recurrence is a ``lax.scan`` (``xla``) or one
-Pallas Triton kernel (``pallas``, ``gated_delta_pallas.py``), chosen by CORTEX_GDN_KERNEL (auto = pallas on one GPU);
+Pallas Triton kernel (``pallas``, ``gated_delta_pallas.py``, under ``shard_map`` on a mesh), chosen by CORTEX_GDN_KERNEL
+(auto = pallas on GPU);
 the intra-chunk triangular solve is a blocked inverse plus matmuls by default (CORTEX_GDN_SOLVE).
+On the pallas path CORTEX_GDN_PROLOGUE = xla (default) | pallas picks ``_intra_chunk`` or the fused Pallas
+kernel ``gated_delta_prologue.gdn_chunk_prologue`` for the intra-chunk terms.
 """
 
 from __future__ import annotations
@@ -33,6 +36,12 @@ import numpy as np
 from jax import lax
 
 from cortex_jax.kernels.gated_delta_pallas import PallasConfig, config_from_env, gdn_chunk_scan
+from cortex_jax.kernels.gated_delta_prologue import (
+    gdn_chunk_prologue,
+    prologue_config_from_env,
+    prologue_impl_from_env,
+)
+from cortex_jax.sharding import Sharder
 
 Array = jax.Array
 
@@ -67,11 +76,27 @@ def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=2):
 
 
 def _step(state: Array, q: Array, k: Array, v: Array, g: Array, beta: Array) -> tuple[Array, Array]:
-    """One recurrence step. state [B,H,K,V]; q,k [B,H,K]; v [B,H,V]; g,beta [B,H] -> (state, o [B,H,V])."""
-    state = state * jnp.exp(g)[..., None, None]
-    u = beta[..., None] * (v - jnp.einsum("bhkv,bhk->bhv", state, k))
-    state = state + jnp.einsum("bhk,bhv->bhkv", k, u)
-    return state, jnp.einsum("bhkv,bhk->bhv", state, q)
+    """One recurrence step. state [B,H,K,V]; q,k [B,H,K]; v [B,H,V]; g,beta [B,H] -> (state, o [B,H,V]).
+
+    Written for two passes over the fp32 state (decode is bound by them). With the decayed state
+    ``Sd = e^g·S`` (never materialised: the decay is recomputed inside each pass)::
+
+        kv = Sdᵀk                                   # pass 1 (read): two sibling reductions over the
+        o  = Sdᵀq' + (k·q)·β·v,  q' = q − (k·q)·β·k  #   same state, no data dependence between them
+        u  = β(v − kv);  S' = Sd + k⊗u               # pass 2 (read + write)
+
+    ``o`` is ``S'ᵀq = Sdᵀq + (k·q)·u`` with ``u`` expanded, so that it depends on no other reduction's result:
+    the two reductions (elementwise product + sum, not dots) can then be multi-output fused into one read of S
+    instead of the old three passes (decay + kv, update, then ``S'ᵀq`` over the new state).
+    """
+    decay = jnp.exp(g)[..., None, None]  # [B,H,1,1]
+    kq_beta = jnp.sum(k * q, axis=-1, keepdims=True) * beta[..., None]  # [B,H,1]: (k·q)·β
+    q_eff = q - kq_beta * k  # [B,H,K]
+    sd = state * decay
+    kv = jnp.sum(sd * k[..., :, None], axis=-2)  # [B,H,V]
+    o = jnp.sum(sd * q_eff[..., :, None], axis=-2) + kq_beta * v  # [B,H,V]
+    u = beta[..., None] * (v - kv)
+    return sd + k[..., :, None] * u[..., None, :], o
 
 
 def recurrent_gated_delta(q, k, v, g, beta, initial_state, *, use_qk_l2norm=True) -> tuple[Array, Array]:
@@ -210,14 +235,14 @@ def _intra_chunk(q, k, v, g, beta, solve: str):
     return gam, u, w, attn
 
 
-def _pick_impl(impl: str | None, chunk: int) -> str:
+def _pick_impl(impl: str | None, chunk: int, shard: Sharder | None = None) -> str:
     impl = (impl or _env("CORTEX_GDN_KERNEL", "auto")).lower()
     if impl == "auto":
         triton_ok = chunk >= 16 and not chunk & (chunk - 1)
-        # one device only: a pallas_call has no sharding rule, so under a tp/dp mesh XLA would gather its
-        # inputs onto every device (a shard_map at the call site is the way to shard it; not done yet)
-        single = jax.device_count() == 1
-        return "pallas" if jax.default_backend() == "gpu" and triton_ok and single else "xla"
+        # a pallas_call has no sharding rule: on several devices the kernel needs a caller that knows the mesh
+        # (the model's Sharder), which runs it under shard_map per (batch shard, value-head shard)
+        placed = jax.device_count() == 1 or (shard is not None and shard.knows_placement())
+        return "pallas" if jax.default_backend() == "gpu" and triton_ok and placed else "xla"
     if impl not in ("xla", "pallas"):
         raise ValueError(f"unknown gated delta implementation {impl!r} (auto | xla | pallas)")
     return impl
@@ -236,6 +261,7 @@ def chunked_gated_delta(
     impl: str | None = None,
     solve: str | None = None,
     pallas_config: PallasConfig | None = None,
+    shard: Sharder | None = None,
 ) -> tuple[Array, Array]:
     """Chunked (WY / UT-transform) gated delta rule for prefill; same contract as ``recurrent_gated_delta``.
 
@@ -252,13 +278,15 @@ def chunked_gated_delta(
     CORTEX_GDN_KERNEL (auto | xla | pallas; auto = pallas on GPU), ``solve=None`` reads CORTEX_GDN_SOLVE
     (blocked | merge | inverse | trsm, see ``_solve_unit_lower``; default blocked) and ``pallas_config=None`` is
     ``PallasConfig()`` overridden by CORTEX_GDN_PALLAS_*; environment variables are read when the function is
-    traced.
+    traced. ``shard``: the model's :class:`~cortex_jax.sharding.Sharder`; on a multi-device mesh the Pallas
+    recurrence runs under its ``shard_map`` (batch over ``batch``, value heads over ``gdn_v_heads``: every
+    (row, head) is independent), and ``auto`` may pick it there.
     """
     c = int(chunk_size)
-    impl = _pick_impl(impl, c)
+    impl = _pick_impl(impl, c, shard)
     solve = (solve or _env("CORTEX_GDN_SOLVE", "blocked")).lower()
     if impl == "pallas":
-        return _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config)
+        return _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config, shard)
     return _chunked_xla(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve)
 
 
@@ -296,7 +324,7 @@ def _chunked_xla(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve):
     return o[:, :t], state
 
 
-def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config):
+def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config, shard=None):
     # head-major [B,H,T,·] from the start: the swap happens on the raw (bf16) inputs and fuses with the fp32
     # cast / l2norm; the chunked view [B,H,N,C,·] is then a free reshape and every per-chunk tile is contiguous
     q, k, v, g, beta = (jnp.swapaxes(x, 1, 2) for x in (q, k, v, g, beta))
@@ -310,10 +338,23 @@ def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pa
         return x.reshape(b, h, n, c, *x.shape[3:])
 
     q, k, v, g, beta = (to_chunks(x) for x in (q, k, v, g, beta))
+    interpret = jax.default_backend() != "gpu"
     with jax.named_scope("gdn_intra_chunk"):
-        gam, u, w, attn = _intra_chunk(q, k, v, g, beta, solve)
+        if prologue_impl_from_env() == "pallas":  # CORTEX_GDN_PROLOGUE: one fused kernel (gated_delta_prologue)
+            cfg = prologue_config_from_env()
+            gam, u, w, attn = gdn_chunk_prologue(q, k, v, g, beta, config=cfg, interpret=interpret)
+        else:
+            gam, u, w, attn = _intra_chunk(q, k, v, g, beta, solve)
     with jax.named_scope("gdn_inter_chunk"):
         cfg = config_from_env(pallas_config)
-        interpret = jax.default_backend() != "gpu"
-        o, state = gdn_chunk_scan(q, k, u, w, attn, gam, state, config=cfg, interpret=interpret)  # o [B,N·C,H,V]
+
+        def scan(q, k, u, w, attn, gam, state, *, rules):  # per device: its batch rows and value heads
+            return gdn_chunk_scan(q, k, u, w, attn, gam, state, config=cfg, interpret=interpret)
+
+        hm = ("batch", "gdn_v_heads", None, None, None)  # head-major [B,H,N,C,·]
+        st = ("batch", "gdn_v_heads", None, None)
+        in_axes = (hm, hm, hm, hm, hm, st, st)  # q, k, u, w, attn, γ [B,H,N,C], state [B,H,K,V]
+        out_axes = (("batch", None, "gdn_v_heads", None), st)  # o [B,N·C,H,V], state
+        scan = (shard or Sharder()).shard_map(scan, in_axes, out_axes)
+        o, state = scan(q, k, u, w, attn, gam, state)  # o [B,N·C,H,V]
     return o[:, :t], state

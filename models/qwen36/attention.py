@@ -8,7 +8,7 @@ Math::
     qg = q_proj(x).reshape(B, T, H, 2·hd);  q, gate = qg[..., :hd], qg[..., hd:]   # per-head [q_h | gate_h]
     q = RMSNorm1p(q, q_norm);  k = RMSNorm1p(k_proj(x).reshape(B, T, Hkv, hd), k_norm);  v = v_proj(x)...
     q, k = partial interleaved mRoPE(q, k)     # first R dims, rotate-half
-    cache.k[b, i], cache.v[b, i] = k, v        # i = lengths[b] + rank of the token among the row's valid ones
+    cache.k[b, :, i], cache.v[b, :, i] = k, v  # cache [B,Hkv,S,hd]; i = lengths[b] + rank among valid tokens
     o = softmax(q·kᵀ/√hd, keys 0..i of the row) · v      # GQA: head h reads kv head h // (H/Hkv)
     out = o_proj(o.reshape(B, T, H·hd) · sigmoid(gate))
 
@@ -19,6 +19,7 @@ Checkpoint tensors (prefix ``…layers.{i}.self_attn.``): ``q_proj.weight [2·H�
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cortex_jax.engine.cache import AttnCache
@@ -69,6 +70,7 @@ class Qwen36Attention(nnx.Module):
         h, hkv, hd = self.num_heads, self.num_kv_heads, self.head_dim
         shard = self.shard
         heads, kv_heads = ("batch", None, "heads", None), ("batch", None, "kv_heads", None)
+        kv_cache = ("batch", "kv_heads", None, None)  # [B, Hkv, S, hd]
         with jax.named_scope("qkv_proj"):
             # q_proj columns are per head [q_h | gate_h]: a split by heads keeps each head's gate with it
             qg = shard(self.q_proj(x).reshape(b, t, h, 2 * hd), heads)
@@ -79,15 +81,16 @@ class Qwen36Attention(nnx.Module):
             q = apply_partial_rope(q, cos, sin)
             k = apply_partial_rope(k, cos, sin)
         with jax.named_scope("kv_write"):
-            # per-row scatter under vmap: the batch becomes a scatter batching dim, which GSPMD partitions
-            # over dp without gathering the new keys (an explicit row-index scatter all-gathers them)
-            def write(c: Array, idx: Array, new: Array) -> Array:
-                return c.at[idx].set(new.astype(c.dtype), mode="drop")
+            # the cache is head-major [B, Hkv, S, hd]: the new tokens go along S (axis 1 of each row's
+            # [Hkv, S, hd]). Per-row scatter under vmap: the batch becomes a scatter batching dim, which GSPMD
+            # partitions over dp without gathering the new keys (an explicit row-index scatter all-gathers them)
+            def write(c: Array, idx: Array, new: Array) -> Array:  # c [Hkv,S,hd], idx [T], new [T,Hkv,hd]
+                return c.at[:, idx].set(jnp.swapaxes(new, 0, 1).astype(c.dtype), mode="drop")
 
             k_cache = jax.vmap(write)(cache.k, write_idx, k)
             v_cache = jax.vmap(write)(cache.v, write_idx, v)
-            k_cache, v_cache = shard(k_cache, kv_heads), shard(v_cache, kv_heads)
-        o = shard(cached_attention(q, k_cache, v_cache, q_index, kv_len), heads)  # [B,T,H,hd]
+            k_cache, v_cache = shard(k_cache, kv_cache), shard(v_cache, kv_cache)
+        o = shard(cached_attention(q, k_cache, v_cache, q_index, kv_len, shard=shard), heads)  # [B,T,H,hd]
         with jax.named_scope("gate_o_proj"):
             o = o.reshape(b, t, h * hd) * jax.nn.sigmoid(gate.reshape(b, t, h * hd))
             out = shard(self.o_proj(o), ("batch", None, "embed"))

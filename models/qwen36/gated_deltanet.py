@@ -116,7 +116,7 @@ class Qwen36GatedDeltaNet(nnx.Module):
             o, rec = recurrent_gated_delta(q, k, v, g, beta, cache.recurrent, use_qk_l2norm=True)
         else:
             o, rec = chunked_gated_delta(
-                q, k, v, g, beta, cache.recurrent, chunk_size=self.chunk_size, use_qk_l2norm=True
+                q, k, v, g, beta, cache.recurrent, chunk_size=self.chunk_size, use_qk_l2norm=True, shard=shard
             )
         rec = shard(rec.astype(jnp.float32), ("batch", "gdn_v_heads", None, None))
         with jax.named_scope("gdn_out"):

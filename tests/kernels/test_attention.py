@@ -17,13 +17,13 @@ def numpy_attention(q, k, v, q_index, kv_len):
     for bi in range(b):
         for ti in range(t):
             for hi in range(h):
-                kv = hi // (h // k.shape[2])
-                vis = (np.arange(k.shape[1]) <= q_index[bi, ti]) & (np.arange(k.shape[1]) < kv_len[bi])
+                kv = hi // (h // k.shape[1])  # caches are head-major [B, Hkv, S, D]
+                vis = (np.arange(k.shape[2]) <= q_index[bi, ti]) & (np.arange(k.shape[2]) < kv_len[bi])
                 if not vis.any():
                     continue
-                s = k[bi, vis, kv] @ q[bi, ti, hi] / np.sqrt(d)
+                s = k[bi, kv, vis] @ q[bi, ti, hi] / np.sqrt(d)
                 p = np.exp(s - s.max())
-                out[bi, ti, hi] = (p / p.sum()) @ v[bi, vis, kv]
+                out[bi, ti, hi] = (p / p.sum()) @ v[bi, kv, vis]
     return out
 
 
@@ -32,8 +32,8 @@ def data(seed, t):
     f = np.float32
     return (
         rng.normal(size=(B, t, H, D)).astype(f),
-        rng.normal(size=(B, S, HKV, D)).astype(f),
-        rng.normal(size=(B, S, HKV, D)).astype(f),
+        rng.normal(size=(B, HKV, S, D)).astype(f),
+        rng.normal(size=(B, HKV, S, D)).astype(f),
     )
 
 
@@ -56,7 +56,7 @@ def test_decode_and_group_mapping():
     np.testing.assert_allclose(o, numpy_attention(q, k, v, q_index, kv_len), rtol=1e-5, atol=1e-5)
     # query heads 0,1 read kv head 0 and 2,3 kv head 1: changing kv head 1 must not move heads 0,1
     v2 = v.copy()
-    v2[:, :, 1] += 10.0
+    v2[:, 1] += 10.0
     o2 = attend(q, k, v2, q_index, kv_len)
     np.testing.assert_array_equal(o2[:, :, :2], o[:, :, :2])
     assert np.abs(np.asarray(o2[:, :, 2:]) - np.asarray(o[:, :, 2:])).min() > 1.0

@@ -22,15 +22,15 @@ def flash(block_q=16, block_k=16):
 
 
 def data(seed, b, t, s, dtype=np.float32, garbage_from=None):
-    """q [b,t,H,D], caches [b,s,HKV,D]; cache rows j >= garbage_from[b] hold large finite junk."""
+    """q [b,t,H,D], caches head-major [b,HKV,s,D]; cache rows j >= garbage_from[b] hold large finite junk."""
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(b, t, H, D)).astype(np.float32)
-    k = rng.normal(size=(b, s, HKV, D)).astype(np.float32)
-    v = rng.normal(size=(b, s, HKV, D)).astype(np.float32)
+    k = rng.normal(size=(b, HKV, s, D)).astype(np.float32)
+    v = rng.normal(size=(b, HKV, s, D)).astype(np.float32)
     if garbage_from is not None:
         for bi, n in enumerate(garbage_from):
-            k[bi, n:] = 3e4 * np.sign(rng.normal(size=k[bi, n:].shape))
-            v[bi, n:] = -5e4
+            k[bi, :, n:] = 3e4 * np.sign(rng.normal(size=k[bi, :, n:].shape))
+            v[bi, :, n:] = -5e4
     return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
 
 
@@ -96,7 +96,7 @@ def test_group_mapping():
     q, k, v = data(5, 1, 16, 32)
     q_index, kv_len = jnp.tile(jnp.arange(16, dtype=jnp.int32), (1, 1)), jnp.array([16], jnp.int32)
     o = np.asarray(flash()(q, k, v, q_index, kv_len))
-    o2 = np.asarray(flash()(q, k, v.at[:, :, 1].add(10.0), q_index, kv_len))
+    o2 = np.asarray(flash()(q, k, v.at[:, 1].add(10.0), q_index, kv_len))
     np.testing.assert_array_equal(o[:, :, :2], o2[:, :, :2])
     np.testing.assert_allclose(o2[:, :, 2:], o[:, :, 2:] + 10.0, rtol=1e-5, atol=1e-4)
 
@@ -116,3 +116,27 @@ def test_dispatch_env(monkeypatch):
     monkeypatch.setenv(attn_mod.ATTENTION_ENV, "triton")
     with pytest.raises(ValueError, match="CORTEX_ATTENTION"):
         attn_mod.attention_impl(64)
+
+
+def test_auto_dispatch_on_meshes(monkeypatch):
+    # auto on a (pretend) multi-GPU process: the kernel only when the caller's Sharder knows the mesh (it then
+    # runs under shard_map); decode and CORTEX_ATTENTION=xla stay on XLA
+    import jax
+
+    from cortex_jax.kernels import gated_delta as gd
+    from cortex_jax.mesh import make_mesh
+    from cortex_jax.sharding import Sharder
+
+    monkeypatch.delenv(attn_mod.ATTENTION_ENV, raising=False)
+    monkeypatch.delenv("CORTEX_GDN_KERNEL", raising=False)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(jax, "device_count", lambda: 8)
+    with_mesh = Sharder(mesh=make_mesh(1, 1))
+    assert attn_mod.attention_impl(64) == "xla"
+    assert attn_mod.attention_impl(64, Sharder()) == "xla"  # no mesh known on 8 devices
+    assert attn_mod.attention_impl(64, with_mesh) == "pallas"
+    assert attn_mod.attention_impl(1, with_mesh) == "xla"
+    assert gd._pick_impl(None, 64) == "xla" and gd._pick_impl(None, 64, with_mesh) == "pallas"
+    monkeypatch.setenv(attn_mod.ATTENTION_ENV, "xla")
+    monkeypatch.setenv("CORTEX_GDN_KERNEL", "xla")
+    assert attn_mod.attention_impl(64, with_mesh) == "xla" and gd._pick_impl(None, 64, with_mesh) == "xla"

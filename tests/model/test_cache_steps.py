@@ -35,7 +35,7 @@ def test_cache_layout_and_bytes(cfg):
     for kind, c in zip(text.layer_kinds, cache.layers, strict=True):
         if kind.value == "full_attention":
             assert isinstance(c, AttnCache)
-            assert c.k.shape == (3, 40, text.num_key_value_heads, text.head_dim) and c.k.dtype == jnp.bfloat16
+            assert c.k.shape == (3, text.num_key_value_heads, 40, text.head_dim) and c.k.dtype == jnp.bfloat16
         else:
             assert isinstance(c, GdnCache)
             assert c.conv.shape == (3, text.linear_conv_kernel_dim - 1, text.conv_dim)

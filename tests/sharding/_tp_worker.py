@@ -85,12 +85,15 @@ def run_mesh(ckpt: str, dp: int, tp: int, log: list[dict]) -> tuple[dict, np.nda
     assert len(flat) == len(loaded), (len(flat), len(loaded))
     for (path, var), rec in zip(flat, loaded, strict=True):
         arr = var.get_value()
-        assert tuple(arr.shape) == rec["shape"]
+        # Linear weights are read in the file's [out, in] layout, one block per device, and transposed on the
+        # device: their chunks are the transposed shard shape
+        transposed = tuple(arr.shape) != rec["shape"]
+        assert rec["shape"] == (tuple(arr.shape)[::-1] if transposed else tuple(arr.shape)), (path, rec["shape"])
         params[".".join(map(str, path))] = {
             "spec": spec_str(arr.sharding),
             "shape": list(arr.shape),
             "shard_shape": list(arr.sharding.shard_shape(arr.shape)),
-            "chunk_shapes": [list(c) for c in rec["chunks"]],
+            "chunk_shapes": [list(c[::-1]) if transposed else list(c) for c in rec["chunks"]],
         }
     try:
         assert_sharded(state, min_bytes=4096, rules=rules)

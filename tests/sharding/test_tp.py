@@ -86,8 +86,8 @@ def test_params_sharded_as_the_rules_say(tp_run, mesh):
 def test_kv_replicated_when_tp_exceeds_kv_heads(tp_run):
     for mesh, kv in (("1x2", "tp"), ("1x4", None), ("1x8", None), ("2x4", None)):
         cache = tp_run.meshes[mesh]["cache"]
-        assert _pad(cache["1.k"], 4) == ["dp", None, kv, None], mesh
-        assert _pad(cache["1.v"], 4) == ["dp", None, kv, None], mesh
+        assert _pad(cache["1.k"], 4) == ["dp", kv, None, None], mesh  # head-major [B, Hkv, S, hd]
+        assert _pad(cache["1.v"], 4) == ["dp", kv, None, None], mesh
         proj = tp_run.meshes[mesh]["params"]["model.layers.1.self_attn.k_proj.kernel"]
         assert proj["shard_shape"] == (proj["shape"] if kv is None else [proj["shape"][0], proj["shape"][1] // 2])
 
