@@ -13,8 +13,9 @@ work with none of that machinery, and behaves the same towards clients:
   envelope as Quart's `jsonify` writes it, with `Retry-After` where set);
 * the same proxying (`Proxy.request` / `open_stream` / `relay`): routing, cold loads, retries before the first
   byte, metrics, streaming chunk by chunk with an error event after the first byte;
-* a client that disconnects at any time cancels the request, which closes the upstream connection (the
-  neuron frees the slot) and is counted as 499, as Quart does it (it cancels its handler task).
+* a client that disconnects at any time cancels the request, as Quart does it (it cancels its handler task):
+  the upstream connection is closed (the neuron frees the slot) and the request is counted as 499, or as 200
+  for a stream whose `[DONE]` it already had.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class FastPathApp:
             await send({"type": "http.response.body", "body": done.content, "more_body": False})
         except asyncio.CancelledError:
             if gone and task.uncancel() == 0:
-                return  # the client left (the proxy has closed the upstream request and counted a 499)
+                return  # the client left (the proxy has closed the upstream request and counted it)
             raise
         except UpstreamError as exc:
             await _send_error(send, exc, rid_header)

@@ -22,17 +22,16 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway import request_id
 from gateway.catalog import Catalog
 from gateway.errors import UpstreamError, bad_request
 from gateway.fleet import Fleet
 from gateway.loader import ModelManager
 from gateway.metrics import UNKNOWN, Metrics, RequestTimer
-from gateway.request_id import upstream_headers
 from gateway.settings import Settings
 from gateway.upstream import error_event, error_from_response, error_from_transport, event_data, sse_batches
 
 log = logging.getLogger(__name__)
-_JSON = {"content-type": "application/json"}
 _USAGE_OPTION = b',"stream_options":{"include_usage":true}}'
 # Codes meaning "this node does not have the model loaded (any more)": the gateway's view was stale.
 STALE_CODES = ("model_not_found", "model_not_loaded", "model_loading", "model_unloading")
@@ -92,6 +91,7 @@ class UpstreamStream:
                     chunk = None
                     if data == b"[DONE]":
                         done = True
+                        status = "200"  # complete: a client that leaves now (SDKs close at [DONE]) is no 499
                     elif data is not None:
                         self.timer.first_token()
                         if b'"usage"' in data or data.startswith(b'{"error"'):
@@ -140,7 +140,7 @@ class Proxy:
         self.settings, self.fleet, self.catalog, self.manager = settings, fleet, catalog, manager
         self.client, self.metrics = client, metrics
         self._background: set[asyncio.Task] = set()
-        self._urls: dict[tuple[str, str], httpx.URL] = {}  # parsed once per (node, path)
+        self._targets: dict[tuple[str, str], tuple[httpx.URL, bytes]] = {}  # (URL, Host) per (node, path)
 
     def prepare(self, body: Any, *, stream: bool, raw: bytes | None = None) -> tuple[str, bytes, bool]:
         """Validate the envelope and resolve the model; streams always ask upstream for usage.
@@ -255,6 +255,18 @@ class Proxy:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _request(self, url: httpx.URL, host: bytes, content: bytes) -> httpx.Request:
+        """The upstream request, sent through the shared client with its timeouts. Built with its headers written
+        out (Host, Content-Type, Content-Length, X-Request-Id) rather than by `client.build_request`, which would
+        merge in the client's default headers (user agent, accept, ...) that a neuron ignores and re-derive Host
+        and Content-Length: a tenth of the gateway's own CPU per request."""
+        headers = [(b"Host", host), (b"Content-Type", b"application/json"), (b"Content-Length", b"%d" % len(content))]
+        rid = request_id.current.get()
+        if rid:
+            headers.append((b"X-Request-Id", rid.encode()))
+        return httpx.Request("POST", url, stream=httpx.ByteStream(content), headers=headers,
+                             extensions={"timeout": self.client.timeout.as_dict()})
+
     async def _attempts(
         self, path: str, model: str, content: bytes, timer: RequestTimer,
         read_first: Callable[[httpx.Response], Awaitable[Any]],
@@ -273,13 +285,11 @@ class Proxy:
             self.fleet.begin(model, node)
             resp: httpx.Response | None = None
             try:
-                url = self._urls.get((node, path))
-                if url is None:
-                    url = self._urls[(node, path)] = httpx.URL(self.fleet.nodes[node].endpoint + path)
-                # built directly, with the client's timeouts: `build_request` would merge in the client's default
-                # headers (user agent, accept, ...) that a neuron ignores, costing a tenth of the proxying CPU
-                req = httpx.Request("POST", url, content=content, headers=upstream_headers(_JSON),
-                                    extensions={"timeout": self.client.timeout.as_dict()})
+                target = self._targets.get((node, path))
+                if target is None:
+                    url = httpx.URL(self.fleet.nodes[node].endpoint + path)
+                    target = self._targets[(node, path)] = (url, url.netloc)
+                req = self._request(*target, content)
                 resp = await self.client.send(req, stream=True)
                 if resp.status_code >= 400:
                     err = error_from_response(resp, await resp.aread())
@@ -329,11 +339,19 @@ def _client_events(batch: list[tuple[bytes, dict[str, Any] | None]], want_usage:
 
 async def _read_all(resp: httpx.Response) -> bytes:
     try:
-        return await resp.aread()
+        if _coded(resp):
+            return await resp.aread()
+        return b"".join([part async for part in resp.aiter_raw()])
     finally:
         await resp.aclose()
 
 
+def _coded(resp: httpx.Response) -> bool:
+    """Whether the body has a content coding to undo. The gateway asks for none, so the raw body (which skips
+    httpx's decoder and re-chunker, two generator layers per read) is the body unless a neuron used one anyway."""
+    return resp.headers.get("content-encoding", "identity").lower() != "identity"
+
+
 async def _read_first_event(resp: httpx.Response) -> tuple[list[bytes], AsyncIterator[list[bytes]]]:
-    batches = sse_batches(resp.aiter_bytes())
+    batches = sse_batches(resp.aiter_bytes() if _coded(resp) else resp.aiter_raw())
     return await anext(batches), batches

@@ -1,11 +1,17 @@
-"""Tuning under the one `httpx.AsyncClient`: an httpcore network backend that writes each request in one send.
+"""The transport under the one `httpx.AsyncClient`: `PooledHTTP11Transport`, and the httpcore tuning it falls back on.
 
-httpcore sends an HTTP/1.1 request as separate socket writes (the head, then the body), so the neuron is woken
-once for the head and again for the body; on a busy host each wake-up costs a scheduling delay. The stream
-below holds writes back until the response is read (HTTP/1.1 is request, then response), so the whole request
-goes out in one `send`. It also answers the connection pool's per-request "is this idle keep-alive socket
-readable?" check with one `poll` on a socket it looked up once, instead of going through anyio's attribute
-lookup on every check. Everything else (connect, TLS, timeouts, errors) is httpcore's default backend.
+The gateway proxies small JSON requests and SSE streams to neurons over plain HTTP/1.1 on a LAN or loopback,
+where httpx's default stack (httpcore's connection pool, h11, anyio streams) costs more CPU per request than the
+proxying itself. `PooledHTTP11Transport` implements `httpx.AsyncBaseTransport` directly on asyncio protocols:
+pooled keep-alive connections under the client's `httpx.Limits`, the client's per-phase timeouts raised as the
+matching `httpx` exceptions, Content-Length / chunked / read-until-close bodies, and each request sent in one
+write. The `httpx.AsyncClient` API above it (requests, responses, streaming, errors) is unchanged.
+
+Anything but `http://` (a TLS neuron) goes through httpx's own transport, whose httpcore pool uses
+`CoalescingBackend`: httpcore sends an HTTP/1.1 request as separate socket writes (the head, then the body), so
+the neuron is woken once for the head and again for the body; `CoalescingStream` holds writes back until the
+response is read, so the whole request goes out in one `send`, and answers the pool's per-request "is this idle
+keep-alive socket readable?" check with one `poll`.
 """
 
 from __future__ import annotations
@@ -128,11 +134,12 @@ def _httpcore_transport(limits: httpx.Limits) -> httpx.AsyncHTTPTransport:
 HEAD_LIMIT = 1 << 16  # longest response head accepted
 READ_HIGH = 1 << 20  # pause reading from a neuron when this much is buffered and not yet consumed
 _NO_BODY_STATUS = frozenset({204, 304})
+_HEX = b"0123456789abcdefABCDEF"
 
 
-def _expire(fut: asyncio.Future, exc: Exception) -> None:
+def _expire(fut: asyncio.Future, error: type[httpx.TransportError], message: str, request: httpx.Request) -> None:
     if not fut.done():
-        fut.set_exception(exc)
+        fut.set_exception(error(message, request=request))
 
 
 class _Conn(asyncio.Protocol):
@@ -210,9 +217,8 @@ class _Conn(asyncio.Protocol):
         fut = self.waiter = self.loop.create_future()
         handle = None
         if timeout is not None:
-            handle = self.loop.call_later(timeout, _expire, fut,
-                                          httpx.ReadTimeout(f"no data from the server for {timeout} s",
-                                                            request=request))
+            handle = self.loop.call_later(timeout, _expire, fut, httpx.ReadTimeout,
+                                          "timed out waiting for the server's reply", request)
         try:
             await fut
         finally:
@@ -228,9 +234,8 @@ class _Conn(asyncio.Protocol):
             fut = self.drainer = self.loop.create_future()
             handle = None
             if timeout is not None:
-                handle = self.loop.call_later(timeout, _expire, fut,
-                                              httpx.WriteTimeout(f"could not send for {timeout} s",
-                                                                 request=request))
+                handle = self.loop.call_later(timeout, _expire, fut, httpx.WriteTimeout,
+                                              "timed out sending the request", request)
             try:
                 await fut
             finally:
@@ -271,13 +276,10 @@ def _parse_chunks(data: bytes, left: int, request: httpx.Request) -> tuple[list[
             if n - pos > 4096:
                 raise httpx.RemoteProtocolError("malformed chunk size line", request=request)
             break
-        size_text = data[pos:end].split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError(f"malformed chunk size {size_text[:20]!r}", request=request) from None
-        if size < 0 or size_text[:1] in (b"-", b"+"):
+        size_text = data[pos:end].split(b";", 1)[0].strip(b" \t")
+        if not size_text or size_text.strip(_HEX) or len(size_text) > 16:
             raise httpx.RemoteProtocolError(f"malformed chunk size {size_text[:20]!r}", request=request)
+        size = int(size_text, 16)
         if size == 0:  # the last chunk, then trailer fields up to a blank line
             if data.startswith(b"\r\n", end + 2):
                 return out, end + 4, 0, True
@@ -327,8 +329,25 @@ class _Body(httpx.AsyncByteStream):
                     self._left -= n
                     yield data
             elif self._mode == "chunked":
-                async for data in self._chunks(conn):
-                    yield data
+                buf = conn.buf
+                state = 0  # of `_parse_chunks`, between arrivals
+                while True:
+                    if buf:
+                        data = bytes(buf)
+                        out, used, state, finished = _parse_chunks(data, state, self._request)
+                        if used == len(data):
+                            buf.clear()
+                        else:
+                            del buf[:used]
+                        if out:  # per arrival, the data of every chunk (or part of one) it completed
+                            yield out[0] if len(out) == 1 else b"".join(out)
+                        if finished:
+                            break
+                    if conn.eof:
+                        raise httpx.RemoteProtocolError(
+                            "the server closed the connection before the response body ended",
+                            request=self._request)
+                    await conn.wait_data(self._timeout, self._request)
             else:  # until the server closes the connection
                 while True:
                     if conn.buf:
@@ -345,27 +364,6 @@ class _Body(httpx.AsyncByteStream):
             if not self._done:
                 self._release(False)
 
-    async def _chunks(self, conn: _Conn) -> AsyncIterator[bytes]:
-        """Chunked transfer coding: per arrival, the data of every chunk (or part of one) it completed."""
-        buf = conn.buf
-        left = 0  # state of `_parse_chunks`
-        while True:
-            if buf:
-                data = bytes(buf)
-                out, used, left, finished = _parse_chunks(data, left, self._request)
-                if used == len(data):
-                    buf.clear()
-                else:
-                    del buf[:used]
-                if out:
-                    yield out[0] if len(out) == 1 else b"".join(out)
-                if finished:
-                    return
-            if conn.eof:
-                raise httpx.RemoteProtocolError(
-                    "the server closed the connection before the response body ended", request=self._request)
-            await conn.wait_data(self._timeout, self._request)
-
     async def aclose(self) -> None:
         if not self._done:
             self._done = True
@@ -379,10 +377,10 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
     streaming responses) with the client's limits (`max_connections` open at most, `max_keepalive_connections`
     kept idle for `keepalive_expiry` seconds) and timeouts (connect, read between bytes, write, pool wait), each
     raising the matching `httpx` exception. Each request is sent in one write. A response body closed before
-    its end closes its connection, so the neuron sees the client go. A request whose reused keep-alive
-    connection turns out to be closed by the neuron before any reply byte is sent again on a fresh connection
-    (the neuron never saw it). `https://` (and anything else) goes through httpx's own transport, whose httpcore
-    pool (`_pool`) uses `CoalescingBackend`.
+    its end closes its connection, so the neuron sees the client go. A request sent on a reused keep-alive
+    connection that the neuron closes without a byte of reply (it closed the idle connection as the request
+    went out) is sent once more on a fresh connection. `https://` (and anything else) goes through httpx's own
+    transport, whose httpcore pool (`_pool`) uses `CoalescingBackend`.
     """
 
     def __init__(self, limits: httpx.Limits, fallback: httpx.AsyncBaseTransport):
@@ -402,32 +400,31 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
         if url.scheme != "http":
             return await self._fallback.handle_async_request(request)
         timeouts = request.extensions.get("timeout") or {}
+        write_timeout = timeouts.get("write")
         try:
-            body = request.content
-        except httpx.RequestNotRead:
+            body: bytes | None = request.content
+        except httpx.RequestNotRead:  # built with `stream=`: a ByteStream can be sent again, other streams not
             body = None
-        head = self._head(request, url)
+        replayable = body is not None or isinstance(request.stream, httpx.ByteStream)
+        head, close = self._head(request, url)
         key = (url.host, url.port or 80)
         for attempt in (0, 1):
             conn, fresh = await self._acquire(key, request, timeouts)
             try:
-                if body is not None:
-                    await conn.send(head + body if len(body) < (1 << 20) else head, timeouts.get("write"),
-                                    request)
-                    if len(body) >= 1 << 20:
-                        await conn.send(body, timeouts.get("write"), request)
-                else:
-                    await conn.send(head, timeouts.get("write"), request)
-                    await self._send_stream(conn, request, timeouts.get("write"))
-                return await self._response(conn, request, timeouts.get("read"))
-            except _StaleConnection:
+                if body is None:
+                    await self._send_stream(conn, head, request, write_timeout)
+                elif len(body) < FLUSH_BYTES:
+                    await conn.send(head + body, write_timeout, request)
+                else:  # not worth copying into one buffer
+                    await conn.send(head, write_timeout, request)
+                    await conn.send(body, write_timeout, request)
+                return await self._response(conn, request, timeouts.get("read"), close)
+            except (_StaleConnection, httpx.WriteError) as exc:
                 self._release(conn, False)
-                if fresh or attempt or body is None:
-                    raise httpx.RemoteProtocolError("the server closed the connection without a response",
-                                                    request=request) from None
-            except httpx.WriteError:
-                self._release(conn, False)
-                if fresh or attempt or body is None:
+                if fresh or attempt or not replayable:  # only a reused connection is worth a second try
+                    if isinstance(exc, _StaleConnection):
+                        raise httpx.RemoteProtocolError("the server closed the connection without a response",
+                                                        request=request) from None
                     raise
             except BaseException:
                 self._release(conn, False)
@@ -435,22 +432,35 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _head(request: httpx.Request, url: httpx.URL) -> bytes:
-        parts = [request.method.encode("ascii"), b" ", url.raw_path, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+    def _head(request: httpx.Request, url: httpx.URL) -> tuple[bytes, bool]:
+        """The request line and headers, and whether the request asks to close the connection afterwards."""
+        raw = request.headers.raw
+        fields = b"".join([b"%s: %s\r\n" % nv for nv in raw])
+        if fields.count(b"\n") != len(raw) or fields.count(b"\r") != len(raw):  # no header injection
+            raise httpx.LocalProtocolError("a request header contains a line break", request=request)
+        close = any(n.lower() == b"connection" and b"close" in v.lower() for n, v in raw)
+        return b"%s %s HTTP/1.1\r\n%s\r\n" % (request.method.encode("ascii"), url.raw_path, fields), close
 
-    async def _send_stream(self, conn: _Conn, request: httpx.Request, timeout: float | None) -> None:
+    async def _send_stream(self, conn: _Conn, head: bytes, request: httpx.Request, timeout: float | None) -> None:
+        """The head and a streamed body, coalesced into writes of at least `FLUSH_BYTES` (a body held in memory,
+        such as an `httpx.ByteStream`, goes out with its head in one write)."""
         chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        pending, size = [head], len(head)
         async for part in request.stream:  # type: ignore[union-attr]
-            if part:
-                await conn.send(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part, timeout, request)
+            if not part:
+                continue
+            pending.append(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
+            size += len(part)
+            if size >= FLUSH_BYTES:
+                await conn.send(b"".join(pending), timeout, request)
+                pending, size = [], 0
         if chunked:
-            await conn.send(b"0\r\n\r\n", timeout, request)
+            pending.append(b"0\r\n\r\n")
+        if pending:
+            await conn.send(pending[0] if len(pending) == 1 else b"".join(pending), timeout, request)
 
-    async def _response(self, conn: _Conn, request: httpx.Request, timeout: float | None) -> httpx.Response:
+    async def _response(self, conn: _Conn, request: httpx.Request, timeout: float | None,
+                        close: bool) -> httpx.Response:
         buf = conn.buf
         got_any = False
         while True:  # skip interim 1xx responses
@@ -497,15 +507,12 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
             headers.append((name, value))
             lname = name.lower()
             if lname == b"content-length":
-                try:
-                    n = int(value)
-                except ValueError:
-                    n = -2
+                n = int(value) if value.isdigit() else -1
                 if n < 0 or (length >= 0 and n != length):
                     raise httpx.RemoteProtocolError("malformed Content-Length", request=request)
                 length = n
             elif lname == b"transfer-encoding":
-                chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
+                chunked = value.lower() == b"chunked"  # the only coding HTTP/1.1 requires (and h11 knows)
                 if not chunked:
                     raise httpx.RemoteProtocolError(f"unsupported Transfer-Encoding {value[:50]!r}",
                                                     request=request)
@@ -515,7 +522,9 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
                     keep = False
                 elif b"keep-alive" in tokens:
                     keep = True
-        if request.method == "HEAD" or status in _NO_BODY_STATUS or status == 101:
+        if status == 101:  # an upgrade: the connection is no longer HTTP
+            mode, keep = "none", False
+        elif request.method == "HEAD" or status in _NO_BODY_STATUS:
             mode = "none"
         elif chunked:
             mode = "chunked"
@@ -523,9 +532,7 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
             mode = "length" if length else "none"
         else:
             mode, keep = "close", False
-        if b"close" in request.headers.get("connection", "").lower().encode():
-            keep = False
-        stream = _Body(self, conn, request, mode, length, keep, timeout)
+        stream = _Body(self, conn, request, mode, length, keep and not close, timeout)
         return httpx.Response(status, headers=headers, stream=stream,
                               extensions={"http_version": version, "reason_phrase": reason})
 
@@ -560,9 +567,8 @@ class PooledHTTP11Transport(httpx.AsyncBaseTransport):
             self._waiters.append(fut)
             handle = None
             if deadline is not None:
-                handle = loop.call_later(max(0.0, deadline - now), _expire, fut,
-                                         httpx.PoolTimeout("no connection became free in time",
-                                                           request=request))
+                handle = loop.call_later(max(0.0, deadline - now), _expire, fut, httpx.PoolTimeout,
+                                         "no connection became free in time", request)
             try:
                 await fut
             except BaseException:
