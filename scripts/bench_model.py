@@ -29,20 +29,12 @@ from cortex_jax.engine.steps import make_decode_step, make_prefill_step, text_po
 from cortex_jax.pytree import FlatState
 from models.qwen36.config import Qwen36Config
 from models.qwen36.loading import abstract_model
+from models.qwen36.presets import QWEN36_27B_TEXT
 
 PEAK_BF16_FLOPS = 989e12  # H100 SXM dense bf16, the MFU denominator used in reference/performance-anchors.md
 
-QWEN36_27B_TEXT = {
-    "model_type": "qwen3_5_text",
-    "vocab_size": 248320, "hidden_size": 5120, "intermediate_size": 17408, "num_hidden_layers": 64,
-    "num_attention_heads": 24, "num_key_value_heads": 4, "head_dim": 256,
-    "linear_num_key_heads": 16, "linear_num_value_heads": 48, "linear_key_head_dim": 128,
-    "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4, "rms_norm_eps": 1e-6,
-    "rope_parameters": {"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
-                        "mrope_section": [11, 11, 10]},
-    "max_position_embeddings": 262144, "tie_word_embeddings": False,
-}
 SMALL_TEXT = dict(QWEN36_27B_TEXT, vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  layer_types=["linear_attention"] * 3 + ["full_attention"],
                   num_attention_heads=4, num_key_value_heads=2, head_dim=64, linear_num_key_heads=2,
                   linear_num_value_heads=6, linear_key_head_dim=16, linear_value_head_dim=16,
                   rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,

@@ -32,28 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-QWEN36_27B_TEXT: dict[str, Any] = dict(
-    model_type="qwen3_5_text",
-    vocab_size=248320,
-    hidden_size=5120,
-    intermediate_size=17408,
-    num_hidden_layers=64,
-    layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(64)],
-    num_attention_heads=24,
-    num_key_value_heads=4,
-    head_dim=256,
-    linear_num_key_heads=16,
-    linear_num_value_heads=48,
-    linear_key_head_dim=128,
-    linear_value_head_dim=128,
-    linear_conv_kernel_dim=4,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=262144,
-    rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
-                     "mrope_section": [11, 11, 10], "mrope_interleaved": True},
-    tie_word_embeddings=False,
-    eos_token_id=248044,
-)
+from models.qwen36.presets import QWEN36_27B_TEXT  # noqa: E402  (no JAX import at module level)
 
 # the --small smoke config: every head count divides 8 where the rules need it
 SMALL_TEXT: dict[str, Any] = dict(

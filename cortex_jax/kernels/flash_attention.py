@@ -44,32 +44,16 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from cortex_jax.kernels.pallas_compat import SQUEEZED as _SQUEEZED
+from cortex_jax.kernels.pallas_compat import ds as _ds
+from cortex_jax.kernels.pallas_compat import multiple_of as _multiple_of
+from cortex_jax.kernels.pallas_compat import triton_compiler_params
+
 Array = jax.Array
 
 _MASK_VALUE = -1e30  # finite: exp2(_MASK_VALUE - m) == 0 for any real m, and a fully masked tile gives no NaN
 _LOG2E = math.log2(math.e)
 _MIN_TILE = 16  # Triton dot needs every tile dim >= 16
-
-
-# API names that moved between jax versions, resolved once (all exist in 0.10.2)
-_SQUEEZED = getattr(pl, "squeezed", None)  # `None` in a block shape means the same
-_ds = getattr(pl, "ds", None) or pl.dslice
-_multiple_of = getattr(pl, "multiple_of", lambda x, _: x)  # alignment hint only
-
-
-def triton_compiler_params(num_warps: int | None, num_stages: int | None):
-    """The Triton compiler-params dataclass of the installed jax (None if there is no Triton backend)."""
-    try:
-        from jax.experimental.pallas import triton as mod
-    except ImportError:  # pragma: no cover - very old jax named it pallas.gpu
-        try:
-            from jax.experimental.pallas import gpu as mod
-        except ImportError:
-            return None
-    cls = getattr(mod, "CompilerParams", None) or getattr(mod, "TritonCompilerParams", None)
-    if cls is None:  # pragma: no cover
-        return None
-    return cls(num_warps=num_warps, num_stages=num_stages)
 
 
 def _next_pow2(n: int) -> int:

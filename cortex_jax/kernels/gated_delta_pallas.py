@@ -43,6 +43,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from cortex_jax.kernels.pallas_compat import SQUEEZED, triton_compiler_params
+
 Array = jax.Array
 
 _MIN_TILE = 16  # Triton dot needs every tile dim >= 16
@@ -90,22 +92,7 @@ def _dot_precision(name: str):
 
 
 def _squeezed():
-    return getattr(pl, "squeezed", None)  # `None` in a block shape means the same on older versions
-
-
-def triton_compiler_params(num_warps: int | None, num_stages: int | None):
-    """The Triton compiler-params dataclass of the installed jax (None if there is no Triton backend)."""
-    try:
-        from jax.experimental.pallas import triton as mod
-    except ImportError:  # pragma: no cover - very old jax named it pallas.gpu
-        try:
-            from jax.experimental.pallas import gpu as mod
-        except ImportError:
-            return None
-    cls = getattr(mod, "CompilerParams", None) or getattr(mod, "TritonCompilerParams", None)
-    if cls is None:  # pragma: no cover
-        return None
-    return cls(num_warps=num_warps, num_stages=num_stages)
+    return SQUEEZED
 
 
 def _is_pow2(n: int) -> bool:

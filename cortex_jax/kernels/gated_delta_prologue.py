@@ -60,8 +60,8 @@ from cortex_jax.kernels.gated_delta_pallas import (
     _is_pow2,
     _squeezed,
     _tile,
-    triton_compiler_params,
 )
+from cortex_jax.kernels.pallas_compat import triton_compiler_params
 
 Array = jax.Array
 
