@@ -42,12 +42,14 @@ class EngineConfig:
     """``max_slots``/``max_context``/``prefill_buckets`` size the pool in ``Engine.from_model`` (defaults 8
     and min(4096, the model's max positions)); with a prebuilt runner, None takes the runner's.
     ``prefill_token_budget``: prompt tokens prefilled per iteration (default: one chunk = the largest
-    bucket)."""
+    bucket). ``decode_buckets``: sub-batch sizes a decode step may run over when few slots are active (default
+    ``runner.DECODE_BUCKETS``; ``()`` always decodes every slot: fewer compiles at warm-up)."""
 
     max_slots: int | None = None
     max_queue: int = 64
     max_context: int | None = None
     prefill_buckets: tuple[int, ...] = (64, 128, 256, 512)
+    decode_buckets: tuple[int, ...] | None = None
     prefill_token_budget: int | None = None
     seed: int = 0  # draws the seeds of requests that set none
     warmup: bool = False  # compile every prefill bucket and the decode step before serving
@@ -109,7 +111,8 @@ class Engine:
         context = config.max_context or min(4096, cfg.text.max_position_embeddings)
         runner = runner_for_model(graphdef, state, cfg, num_slots=slots, max_context=context,
                                   cache_dtype=cache_dtype, mesh=mesh, rules=rules,
-                                  prefill_buckets=config.prefill_buckets)
+                                  prefill_buckets=config.prefill_buckets,
+                                  decode_buckets=config.decode_buckets)
         eos = set(getattr(tokenizer, "eos_token_ids", ())) | set(cfg.text.eos_token_ids)
         return cls(runner, tokenizer, config, prepare=prepare, eos_token_ids=tuple(sorted(eos)))
 

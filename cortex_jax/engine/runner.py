@@ -70,7 +70,8 @@ def nnx_model_fns(graphdef: Any) -> ModelFns:
 
 def runner_for_model(graphdef: Any, state: Any, cfg: Any, *, num_slots: int, max_context: int,
                      cache_dtype: Any = None, mesh: Any = None, rules: Any = None,
-                     prefill_buckets: Sequence[int] = (64, 128, 256, 512)) -> Runner:
+                     prefill_buckets: Sequence[int] = (64, 128, 256, 512),
+                     decode_buckets: Sequence[int] | None = None) -> Runner:
     """A Runner over an ``nnx`` causal LM (``cfg.text`` sizes the cache; ``cache_dtype`` default: the model's
     activation dtype). With a ``mesh``, the cache is sharded by ``cache_shardings`` (KV heads / GDN heads on
     tp) and the pool's layout is pinned across steps."""
@@ -81,7 +82,8 @@ def runner_for_model(graphdef: Any, state: Any, cfg: Any, *, num_slots: int, max
     sharding = None if mesh is None else cache_shardings(cfg.text, num_slots, max_context, mesh, rules)
     cache = init_cache(cfg.text, num_slots, max_context, cache_dtype, sharding)
     return Runner(nnx_model_fns(graphdef), state, cache, vocab_size=cfg.text.vocab_size,
-                  max_context=max_context, prefill_buckets=prefill_buckets, mesh=mesh)
+                  max_context=max_context, prefill_buckets=prefill_buckets, mesh=mesh,
+                  decode_buckets=DECODE_BUCKETS if decode_buckets is None else decode_buckets)
 
 
 def _state_dtype(state: Any) -> Any:
