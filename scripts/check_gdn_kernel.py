@@ -310,17 +310,7 @@ def prologue_main(jax, args) -> int:
     x = make_inputs(jax, b, kernel_len, h, hk, dk, dv, seed=2)
 
     def prepare(q, k, v, g, beta, s0):  # _chunked_pallas up to the prologue (shared by both prologues)
-        q, k, v, g, beta = (jnp.swapaxes(a, 1, 2) for a in (q, k, v, g, beta))
-        q, k, v, g, beta, s0 = gd._prepare(q, k, v, g, beta, s0, True, head_axis=1)
-        bb, hh, t, _ = k.shape
-        pad = (-t) % chunk
-        n = (t + pad) // chunk
-
-        def to_chunks(a):
-            a = jnp.pad(a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3))
-            return a.reshape(bb, hh, n, chunk, *a.shape[3:])
-
-        return tuple(to_chunks(a) for a in (q, k, v, g, beta))
+        return gd.head_major_chunks(q, k, v, g, beta, s0, chunk, True)[:5]
 
     with jax.default_matmul_precision("highest"):
         pin = jax.block_until_ready(jax.jit(prepare)(*x))
@@ -589,17 +579,7 @@ def main() -> int:
     x = make_inputs(jax, b, kernel_len, h, hk, dk, dv, seed=2)
 
     def prologue(q, k, v, g, beta, s0, solve):
-        q, k, v, g, beta = (jnp.swapaxes(a, 1, 2) for a in (q, k, v, g, beta))
-        q, k, v, g, beta, s0 = gd._prepare(q, k, v, g, beta, s0, True, head_axis=1)
-        bb, hh, t, _ = k.shape
-        pad = (-t) % chunk
-        n = (t + pad) // chunk
-
-        def to_chunks(a):
-            a = jnp.pad(a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3))
-            return a.reshape(bb, hh, n, chunk, *a.shape[3:])
-
-        q, k, v, g, beta = (to_chunks(a) for a in (q, k, v, g, beta))
+        q, k, v, g, beta, s0, _ = gd.head_major_chunks(q, k, v, g, beta, s0, chunk, True)
         gam, u, w, attn = gd._intra_chunk(q, k, v, g, beta, solve)
         return q, k, u, w, attn, gam, s0
 

@@ -20,10 +20,8 @@ import gzip
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_model import QWEN36_27B_TEXT, SMALL_TEXT, copy_bandwidth, random_state  # noqa: E402
+from bench_model import QWEN36_27B_TEXT, SMALL_TEXT, copy_bandwidth, random_state, timed  # noqa: E402
 
 from cortex_jax.engine.cache import init_cache  # noqa: E402
 from cortex_jax.engine.steps import (  # noqa: E402
@@ -45,17 +43,6 @@ from cortex_jax.engine.steps import (  # noqa: E402
 )
 from models.qwen36.config import Qwen36Config  # noqa: E402
 from models.qwen36.loading import abstract_model  # noqa: E402
-
-
-def _timed(fn, reps: int) -> float:
-    for _ in range(2):
-        fn()
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def _load_trace(trace_dir: str) -> list[dict]:
@@ -136,7 +123,7 @@ def summarize(events: list[dict], calls: int) -> dict[str, Any]:
 def profile(name: str, fn, out_dir: Path, calls: int) -> dict[str, Any]:
     fn()
     fn()
-    wall = _timed(fn, reps=5)
+    wall = timed(fn, reps=5)
     trace_dir = tempfile.mkdtemp(prefix=f"trace_{name}_")  # raw dirs stay out of --out; one copy lands there
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     for _ in range(calls):
@@ -173,7 +160,7 @@ def gemv_table(bw: float, small: bool) -> list[dict]:
         w = jnp.ones((i, o), jnp.bfloat16) * 0.01
         x = jnp.ones((1, i), jnp.bfloat16)
         f = jax.jit(lambda x, w: x @ w)
-        sec = _timed(lambda f=f, x=x, w=w: f(x, w).block_until_ready(), reps=20)
+        sec = timed(lambda f=f, x=x, w=w: f(x, w).block_until_ready(), reps=20)
         frac = w.nbytes / sec / bw
         rows.append({"in": i, "out": o, "us": sec * 1e6, "frac_of_copy_bw": frac})
         print(f"gemv [1,{i}]x[{i},{o}]: {sec * 1e6:8.1f} us  {w.nbytes / sec / 1e12:.2f} TB/s ({frac:.0%} of copy)")

@@ -83,7 +83,7 @@ def runner_for_model(graphdef: Any, state: Any, cfg: Any, *, num_slots: int, max
     cache = init_cache(cfg.text, num_slots, max_context, cache_dtype, sharding)
     return Runner(nnx_model_fns(graphdef), state, cache, vocab_size=cfg.text.vocab_size,
                   max_context=max_context, prefill_buckets=prefill_buckets, mesh=mesh,
-                  decode_buckets=DECODE_BUCKETS if decode_buckets is None else decode_buckets)
+                  decode_buckets=decode_buckets)
 
 
 def _state_dtype(state: Any) -> Any:
@@ -174,9 +174,7 @@ def _decode_rows(fns, shardings, state, pool: SlotPool, idx, active, params: Sam
     N-row sub-pool, scatter them back. Outputs are scattered to ``[S]`` rows (zeros elsewhere) so callers index
     them by slot as for the full step. Costs a copy of the N rows' cache in and out (small next to the weights
     at low batch) and saves running the model over S − N idle rows."""
-    take = partial(jnp.take, indices=idx, axis=0)
-    sub = SlotPool(cache=jax.tree.map(take, pool.cache), last_token=take(pool.last_token),
-                   rope_delta=take(pool.rope_delta), counts=take(pool.counts), prompt_seen=take(pool.prompt_seen))
+    sub = jax.tree.map(partial(jnp.take, indices=idx, axis=0), pool)  # every pool leaf is slot-major
     sub, out = _decode(fns, None, state, sub, active, params, num_top=num_top)
     pool = jax.tree.map(lambda full, part: full.at[idx].set(part), pool, sub)
     s = pool.last_token.shape[0]
@@ -207,7 +205,7 @@ class Runner:
 
     def __init__(self, fns: ModelFns, state: Any, cache: Any, *, vocab_size: int, max_context: int,
                  prefill_buckets: Sequence[int] = (64, 128, 256, 512), mesh: Any = None,
-                 decode_buckets: Sequence[int] | None = DECODE_BUCKETS):
+                 decode_buckets: Sequence[int] | None = None):
         self.num_slots = int(cache.lengths.shape[0])
         self.max_context = int(max_context)
         self.vocab_size = int(vocab_size)
@@ -239,8 +237,10 @@ class Runner:
         self._decode_rows = partial(_decode_rows_jit, fns, shardings)
         # Decode runs over the smallest bucket that holds the active slots (the full pool when none is smaller).
         # Not under data parallelism: gathering rows of a dp-sharded pool would move them between devices.
+        # None: DECODE_BUCKETS; () always decodes every slot.
         dp = 1 if pool_mesh is None else int(dict(pool_mesh.shape).get("dp", 1))
-        self.decode_buckets = tuple(sorted(b for b in (decode_buckets or ()) if 0 < b < s)) if dp == 1 else ()
+        buckets = DECODE_BUCKETS if decode_buckets is None else decode_buckets
+        self.decode_buckets = tuple(sorted(b for b in buckets if 0 < b < s)) if dp == 1 else ()
 
     # ---- memory ---------------------------------------------------------------------------------
     def pool_bytes(self) -> dict[str, int]:

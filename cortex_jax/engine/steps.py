@@ -12,11 +12,11 @@ Shapes: B rows, T prompt tokens (padded to a bucket), V vocab, D width.
 * ``decode_step(state, cache, tokens [B], positions=None, valid=None) -> (logits [B,V] fp32, cache)``:
   one token per row; ``positions [3,B]`` default the rows' cache lengths (text, computed on device);
   ``valid [B]`` (default all) leaves the cache rows where it is False untouched.
+* ``forward_step(state, cache, tokens, positions, valid, input_embeds=None) -> (logits [B,T,V], cache)``:
+  every position (scoring / prompt logprobs / tests).
 
 ``state`` may be the model's nnx ``State`` or a :class:`cortex_jax.pytree.FlatState` of it (flattened once:
 much less host time per call, which matters for decode).
-* ``forward_step(state, cache, tokens, positions, valid, input_embeds=None) -> (logits [B,T,V], cache)``:
-  every position (scoring / prompt logprobs / tests).
 
 Prompt lengths are padded up to a bucket from :data:`BUCKETS` so the number of compiles stays bounded;
 :func:`text_positions` builds the 3-axis text positions of a (padded) batch.

@@ -324,20 +324,29 @@ def _chunked_xla(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve):
     return o[:, :t], state
 
 
-def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config, shard=None):
-    # head-major [B,H,T,·] from the start: the swap happens on the raw (bf16) inputs and fuses with the fp32
-    # cast / l2norm; the chunked view [B,H,N,C,·] is then a free reshape and every per-chunk tile is contiguous
+def head_major_chunks(q, k, v, g, beta, initial_state, c, use_qk_l2norm):
+    """The Pallas path's inputs, normalised by ``_prepare`` and cut into chunks, head-major.
+
+    q, k ``[B,T,H(k),K]``, v ``[B,T,H,V]``, g/beta ``[B,T,H]`` -> q, k ``[B,H,N,C,K]``, v ``[B,H,N,C,V]``,
+    g/beta ``[B,H,N,C]`` (T zero-padded to N·C: padded steps have g = beta = k = 0), the fp32 state and T.
+    The swap to head-major happens on the raw (bf16) inputs and fuses with the fp32 cast / l2norm; the chunked
+    view is then a free reshape and every per-chunk tile is contiguous.
+    """
     q, k, v, g, beta = (jnp.swapaxes(x, 1, 2) for x in (q, k, v, g, beta))
     q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=1)
     b, h, t, _ = k.shape
     pad = (-t) % c
     n = (t + pad) // c
 
-    def to_chunks(x: Array) -> Array:  # [B,H,T,...] -> [B,H,N,C,...]; padded steps are zeros (g=beta=k=0)
+    def to_chunks(x: Array) -> Array:  # [B,H,T,...] -> [B,H,N,C,...]
         x = jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3))
         return x.reshape(b, h, n, c, *x.shape[3:])
 
-    q, k, v, g, beta = (to_chunks(x) for x in (q, k, v, g, beta))
+    return (*(to_chunks(x) for x in (q, k, v, g, beta)), state, t)
+
+
+def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config, shard=None):
+    q, k, v, g, beta, state, t = head_major_chunks(q, k, v, g, beta, initial_state, c, use_qk_l2norm)
     interpret = jax.default_backend() != "gpu"
     with jax.named_scope("gdn_intra_chunk"):
         if prologue_impl_from_env() == "pallas":  # CORTEX_GDN_PROLOGUE: one fused kernel (gated_delta_prologue)

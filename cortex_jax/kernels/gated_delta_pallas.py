@@ -91,10 +91,6 @@ def _dot_precision(name: str):
     raise ValueError(f"unknown precision {name!r} (ieee | tf32x3 | tf32)")
 
 
-def _squeezed():
-    return SQUEEZED
-
-
 def _is_pow2(n: int) -> bool:
     return n >= 1 and not n & (n - 1)
 
@@ -165,7 +161,7 @@ def gdn_chunk_scan(q, k, u, w, attn, gam, state, *, config: PallasConfig = Palla
         state = jnp.pad(state, ((0, 0), (0, 0), (0, 0), (0, vp - dv)))
     bv = min(config.block_v, vp)  # both powers of two: bv divides vp
     n_v = vp // bv
-    sq = _squeezed()
+    sq = SQUEEZED
 
     # grid (j, h, b): value tile j fastest, so one head's programs run together and share tiles in L2
     def head_map(j, hh, bb):

@@ -58,10 +58,9 @@ from cortex_jax.kernels.gated_delta_pallas import (
     _default_precision,
     _dot_precision,
     _is_pow2,
-    _squeezed,
     _tile,
 )
-from cortex_jax.kernels.pallas_compat import triton_compiler_params
+from cortex_jax.kernels.pallas_compat import SQUEEZED, triton_compiler_params
 
 Array = jax.Array
 
@@ -193,7 +192,7 @@ def gdn_chunk_prologue(q, k, v, g, beta, *, config: PrologueConfig = PrologueCon
         q, k = (jnp.pad(x, [(0, 0)] * 4 + [(0, kp - dk)]) for x in (q, k))
     if vp != dv:
         v = jnp.pad(v, [(0, 0)] * 4 + [(0, vp - dv)])
-    sq = _squeezed()
+    sq = SQUEEZED
 
     def tile_map(nn, hh, bb):  # grid (n, h, b) -> block (b, h, n, 0, 0)
         return bb, hh, nn, 0, 0
