@@ -5,7 +5,9 @@ Measures in one run, on the same card, each part in its own subprocess (torch an
 (a) Gated DeltaNet chunked prefill, one layer's call at the Qwen3.6-27B shapes (B=1, 16 key heads repeated x3 to
     Hv=48 value heads, dk=dv=128, T = 2048 / 8192 / 32768):
     - ours: ``cortex_jax.kernels.gated_delta.chunked_gated_delta`` jitted, called as models/qwen36/gated_deltanet.py
-      calls it (q, k, v bf16 with q/k already repeated to Hv heads, g/beta fp32, fp32 state, l2norm inside);
+      calls it (q, k bf16 at the 16 key heads, v bf16, g/beta fp32, fp32 state, l2norm inside); with
+      ``--jax-variants`` also under other settings of its kernels (``GDN_VARIANTS``: recurrence form, dot
+      precision, prologue), each checked against fla and the reference;
     - fla: ``fla.ops.gated_delta_rule.chunk_gated_delta_rule`` (Triton, PyPI ``fla-core``), called as HF transformers
       5.17 calls it (q/k repeated to Hv heads, bf16 q/k/v/beta, fp32 g, ``use_qk_l2norm_in_kernel=True``, fp32 final
       state); plus ``fla-gva`` (q/k left at 16 heads, fla's grouped-value path) for information;
@@ -77,6 +79,20 @@ SMALL_TEXT: dict[str, Any] = dict(
 # GDN kernel shapes: key heads, value heads, dk, dv
 GDN_27B = {"hk": 16, "hv": 48, "dk": 128, "dv": 128}
 GDN_SMALL = {"hk": 2, "hv": 6, "dk": 32, "dv": 32}
+
+# named settings of our GDN prefill path (environment variables read when chunked_gated_delta is traced), for
+# --jax-variants: "default" is what ships; the others pin the recurrence form (fused loop / split states+output),
+# the dot precision of the Pallas kernels and the prologue (XLA or the fused Pallas kernel)
+_SPLIT = {"CORTEX_GDN_PALLAS_SPLIT": "1"}
+_FUSED = {"CORTEX_GDN_PALLAS_SPLIT": "0"}
+_PROLOGUE = {"CORTEX_GDN_PROLOGUE": "pallas"}
+GDN_VARIANTS: dict[str, dict[str, str]] = {
+    "default": {},
+    **{f"{form}-{prec}": {**env, "CORTEX_GDN_PALLAS_PRECISION": prec}
+       for form, env in (("fused", _FUSED), ("split", _SPLIT)) for prec in ("tf32x3", "tf32", "bf16")},
+    **{f"split-{prec}+prologue": {**_SPLIT, **_PROLOGUE, "CORTEX_GDN_PALLAS_PRECISION": prec,
+                                  "CORTEX_GDN_PROLOGUE_PRECISION": prec} for prec in ("tf32x3", "tf32", "bf16")},
+}
 
 FALLBACK_MARK = "falling back to its reference PyTorch implementation"
 
@@ -181,45 +197,55 @@ def part_gdn_jax(args, wd: Path) -> dict:
     res: dict[str, Any] = {"jax": jax.__version__, "device": dev.device_kind, "platform": dev.platform,
                            "mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"), "rows": []}
     log(f"[gdn-jax] jax {jax.__version__} on {dev.device_kind} ({dev.platform})")
-    rep = args.gdn_shapes["hv"] // args.gdn_shapes["hk"]
     chunk = args.jax_chunk
 
-    @jax.jit
-    def fn(q, k, v, g, beta, h0):
-        return chunked_gated_delta(q, k, v, g, beta, h0, chunk_size=chunk, use_qk_l2norm=True)
+    for variant in args.jax_variants:
+        env = GDN_VARIANTS[variant]
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)  # read when the function below is traced
+        name = "ours" if variant == "default" else f"ours:{variant}"
 
-    for t in args.gdn_lengths:
-        row: dict[str, Any] = {"impl": "ours", "T": t, "chunk": chunk}
-        try:
-            x = load_gdn_inputs(wd, t)
-            bf = lambda b: jnp.asarray(b.view(jnp.bfloat16))
-            # the model repeats q/k to the value heads before calling the kernel (gated_deltanet.py)
-            q = jnp.repeat(bf(x["q"]), rep, axis=2)
-            k = jnp.repeat(bf(x["k"]), rep, axis=2)
-            v = bf(x["v"])
-            g = jnp.asarray(x["g"])
-            beta = jnp.asarray(bits_to_f32(x["beta"]))  # the model casts beta to fp32
-            h0 = jnp.asarray(x["h0"])
-            t0 = time.perf_counter()
-            compiled = fn.lower(q, k, v, g, beta, h0).compile()
-            row["compile_s"] = time.perf_counter() - t0
-            out = {}
+        @jax.jit
+        def fn(q, k, v, g, beta, h0):
+            return chunked_gated_delta(q, k, v, g, beta, h0, chunk_size=chunk, use_qk_l2norm=True)
 
-            def run(q=q, k=k, v=v, g=g, beta=beta, h0=h0, compiled=compiled, out=out):
-                o, s = compiled(q, k, v, g, beta, h0)
-                jax.block_until_ready((o, s))
-                out["o"], out["s"] = o, s
+        for t in args.gdn_lengths:
+            row: dict[str, Any] = {"impl": name, "variant": variant, "env": env, "T": t, "chunk": chunk}
+            try:
+                x = load_gdn_inputs(wd, t)
+                bf = lambda b: jnp.asarray(b.view(jnp.bfloat16))
+                # as models/qwen36/gated_deltanet.py calls it: q/k at their 16 key heads, v at 48 value heads
+                q, k, v = bf(x["q"]), bf(x["k"]), bf(x["v"])
+                g = jnp.asarray(x["g"])
+                beta = jnp.asarray(bits_to_f32(x["beta"]))  # the model casts beta to fp32
+                h0 = jnp.asarray(x["h0"])
+                t0 = time.perf_counter()
+                compiled = fn.lower(q, k, v, g, beta, h0).compile()
+                row["compile_s"] = time.perf_counter() - t0
+                out = {}
 
-            sec, samples = timed(run, reps=args.reps, warmup=2)
-            row.update(ms=sec * 1e3, tok_per_s=t / sec, samples_ms=[s * 1e3 for s in samples])
-            np.save(wd / f"out_ours_o_{t}.npy", np.asarray(out["o"], np.float32)[0])
-            np.save(wd / f"out_ours_s_{t}.npy", np.asarray(out["s"], np.float32)[0])
-            log(f"[gdn-jax] T={t:6d}: {sec * 1e3:8.2f} ms  {t / sec:10.0f} tok/s  (compile {row['compile_s']:.1f} s)")
-            del out, q, k, v, g, beta, h0, compiled
-        except Exception as e:  # e.g. out of device memory at the longest T: record it, keep going
-            row["error"] = err(e)
-            log(f"[gdn-jax] T={t}: FAILED {row['error']}")
-        res["rows"].append(row)
+                def run(q=q, k=k, v=v, g=g, beta=beta, h0=h0, compiled=compiled, out=out):
+                    o, s = compiled(q, k, v, g, beta, h0)
+                    jax.block_until_ready((o, s))
+                    out["o"], out["s"] = o, s
+
+                sec, samples = timed(run, reps=args.reps, warmup=2)
+                row.update(ms=sec * 1e3, tok_per_s=t / sec, samples_ms=[s * 1e3 for s in samples])
+                np.save(wd / f"out_{name}_o_{t}.npy", np.asarray(out["o"], np.float32)[0])
+                np.save(wd / f"out_{name}_s_{t}.npy", np.asarray(out["s"], np.float32)[0])
+                log(f"[gdn-jax] {variant:22s} T={t:6d}: {sec * 1e3:8.2f} ms  {t / sec:10.0f} tok/s  "
+                    f"(compile {row['compile_s']:.1f} s)")
+                del out, q, k, v, g, beta, h0, compiled
+            except Exception as e:  # e.g. out of device memory at the longest T: record it, keep going
+                row["error"] = err(e)
+                log(f"[gdn-jax] {variant} T={t}: FAILED {row['error']}")
+            res["rows"].append(row)
+            write_json(wd / "part_gdn-jax.json", res)  # a variant that hangs still leaves the ones before it
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
     return res
 
 
@@ -595,8 +621,9 @@ def child_main(args) -> None:
 def compare(wd: Path, lengths: list[int]) -> list[dict]:
     rows = []
     for t in lengths:
-        have = {n: (wd / f"out_{n}_o_{t}.npy").exists() for n in ("ours", "fla", "fla-gva", "ref")}
-        pairs = [("ours", "fla"), ("fla-gva", "fla"), ("ours", "ref"), ("fla", "ref")]
+        ours = sorted({p.name.split("_o_")[0][4:] for p in wd.glob(f"out_ours*_o_{t}.npy")})
+        have = {n: (wd / f"out_{n}_o_{t}.npy").exists() for n in ("fla", "fla-gva", "ref", *ours)}
+        pairs = [*((o, "fla") for o in ours), ("fla-gva", "fla"), *((o, "ref") for o in ours), ("fla", "ref")]
         for a, b in pairs:
             if not (have[a] and have[b]):
                 continue
@@ -606,7 +633,7 @@ def compare(wd: Path, lengths: list[int]) -> list[dict]:
                 row["output" if what == "o" else "final_state"] = diff_stats(x, y)
             rows.append(row)
             o, s = row["output"], row["final_state"]
-            log(f"check T={t:6d} {a:>7s} vs {b:<4s}: output max|diff| {o['max_abs_diff']:.3e} (max|ref| "
+            log(f"check T={t:6d} {a:>28s} vs {b:<4s}: output max|diff| {o['max_abs_diff']:.3e} (max|ref| "
                 f"{o['max_abs_ref']:.2f}, rel RMS {o['rel_rms']:.2e}); state max|diff| {s['max_abs_diff']:.3e} "
                 f"(max|ref| {s['max_abs_ref']:.2f}, rel RMS {s['rel_rms']:.2e})")
     return rows
@@ -636,6 +663,10 @@ def print_table(res: dict) -> None:
         if gt.get("fla_skipped"):
             fla_cell = gt["fla_skipped"][:60]
         log(f"| GDN chunked prefill T={t} | {cells[0]} | {fla_cell} |")
+        for r in gj.get("rows", []):
+            if r.get("T") == t and r.get("impl", "ours") != "ours":
+                cell = r["error"][:50] if "error" in r else f"{r['ms']:.2f} ms, {r['tok_per_s'] / 1e3:.0f}k tok/s"
+                log(f"| GDN T={t}, ours with {r['variant']} | {cell} | |")
     for c in res.get("gdn_check", []):
         log(f"| check T={c['T']} {c['a']} vs {c['b']} | output max abs {c['output']['max_abs_diff']:.2e} "
             f"(rel RMS {c['output']['rel_rms']:.1e}) | state max abs {c['final_state']['max_abs_diff']:.2e} "
@@ -667,6 +698,8 @@ def main() -> None:
     ap.add_argument("--gdn-lengths", default=None, help="default 2048,8192,32768 (small: 64,200)")
     ap.add_argument("--reps", type=int, default=None, help="GDN timing reps (default 10, small 3)")
     ap.add_argument("--jax-chunk", type=int, default=64)
+    ap.add_argument("--jax-variants", default="default",
+                    help=f"comma list of our GDN settings to time, of: {', '.join(GDN_VARIANTS)}")
     ap.add_argument("--jax-mem-fraction", type=float, default=0.6)
     ap.add_argument("--h0-scale", type=float, default=0.0, help="initial GDN state scale (0: none, as in prefill)")
     ap.add_argument("--ref-max-t", type=int, default=2048, help="fp32 torch reference at the shortest T <= this")
@@ -689,6 +722,10 @@ def main() -> None:
     args.gdn_shapes = GDN_SMALL if small else GDN_27B
     args.gdn_lengths = parse_ints(args.gdn_lengths or ("64,200" if small else "2048,8192,32768"))
     args.reps = args.reps or (3 if small else 10)
+    args.jax_variants = [v.strip() for v in args.jax_variants.split(",") if v.strip()]
+    unknown = [v for v in args.jax_variants if v not in GDN_VARIANTS]
+    if unknown:
+        ap.error(f"--jax-variants: unknown {unknown} (known: {', '.join(GDN_VARIANTS)})")
     args.hf_prefill = parse_ints(args.hf_prefill or ("32,128" if small else "512,2048,8192"))
     args.hf_context = args.hf_context or (64 if small else 2048)
     args.hf_decode_steps = args.hf_decode_steps or (4 if small else 16)

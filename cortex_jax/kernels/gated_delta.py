@@ -52,23 +52,23 @@ def _l2norm(u: Array) -> Array:
     return u * lax.rsqrt(jnp.sum(u * u, axis=-1, keepdims=True) + _L2_EPS)
 
 
-def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=2):
-    """Cast to fp32, expand GQA key heads, normalise and scale q/k.
+def _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=2, repeat=True):
+    """Cast to fp32, expand GQA key heads (unless ``repeat=False``), normalise and scale q/k.
 
-    Returns q, k [B,T,H,K], v [B,T,H,V], g/beta [B,T,H], state [B,H,K,V], all fp32 (with ``head_axis=1``
-    the inputs and outputs are head-major: [B,H,T,·]).
+    Returns q, k [B,T,H,K] (H = Hk without ``repeat``), v [B,T,H,V], g/beta [B,T,H], state [B,H,K,V], all fp32
+    (with ``head_axis=1`` the inputs and outputs are head-major: [B,H,T,·]).
     """
     q, k, v, g, beta = (jnp.asarray(x, jnp.float32) for x in (q, k, v, g, beta))
     n_v, n_k = v.shape[head_axis], k.shape[head_axis]
-    if n_v != n_k:
-        if n_v % n_k:
-            raise ValueError(f"value heads {n_v} not a multiple of key heads {n_k}")
-        q = jnp.repeat(q, n_v // n_k, axis=head_axis)
-        k = jnp.repeat(k, n_v // n_k, axis=head_axis)
-    if use_qk_l2norm:
+    if n_v % n_k:
+        raise ValueError(f"value heads {n_v} not a multiple of key heads {n_k}")
+    if use_qk_l2norm:  # per head: the same before or after the repeat, and cheaper before
         q, k = _l2norm(q), _l2norm(k)
     q = q * (q.shape[-1] ** -0.5)
-    b, h, dk = k.shape[0], k.shape[head_axis], k.shape[-1]
+    if repeat and n_v != n_k:
+        q = jnp.repeat(q, n_v // n_k, axis=head_axis)
+        k = jnp.repeat(k, n_v // n_k, axis=head_axis)
+    b, h, dk = v.shape[0], v.shape[head_axis], k.shape[-1]
     dv = v.shape[-1]
     if initial_state.shape != (b, h, dk, dv):
         raise ValueError(f"initial_state {initial_state.shape} != {(b, h, dk, dv)}")
@@ -327,20 +327,21 @@ def _chunked_xla(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve):
 def head_major_chunks(q, k, v, g, beta, initial_state, c, use_qk_l2norm):
     """The Pallas path's inputs, normalised by ``_prepare`` and cut into chunks, head-major.
 
-    q, k ``[B,T,H(k),K]``, v ``[B,T,H,V]``, g/beta ``[B,T,H]`` -> q, k ``[B,H,N,C,K]``, v ``[B,H,N,C,V]``,
-    g/beta ``[B,H,N,C]`` (T zero-padded to N·C: padded steps have g = beta = k = 0), the fp32 state and T.
-    The swap to head-major happens on the raw (bf16) inputs and fuses with the fp32 cast / l2norm; the chunked
-    view is then a free reshape and every per-chunk tile is contiguous.
+    q, k ``[B,T,Hk,K]``, v ``[B,T,H,V]``, g/beta ``[B,T,H]`` -> q, k ``[B,Hk,N,C,K]`` (key heads: the kernels
+    read value head h's key head ``h // (H/Hk)`` themselves), v ``[B,H,N,C,V]``, g/beta ``[B,H,N,C]`` (T
+    zero-padded to N·C: padded steps have g = beta = k = 0), the fp32 state and T. The swap to head-major
+    happens on the raw (bf16) inputs and fuses with the fp32 cast / l2norm; the chunked view is then a free
+    reshape and every per-chunk tile is contiguous.
     """
     q, k, v, g, beta = (jnp.swapaxes(x, 1, 2) for x in (q, k, v, g, beta))
-    q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=1)
-    b, h, t, _ = k.shape
+    q, k, v, g, beta, state = _prepare(q, k, v, g, beta, initial_state, use_qk_l2norm, head_axis=1, repeat=False)
+    b, t = v.shape[0], v.shape[2]
     pad = (-t) % c
     n = (t + pad) // c
 
     def to_chunks(x: Array) -> Array:  # [B,H,T,...] -> [B,H,N,C,...]
         x = jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3))
-        return x.reshape(b, h, n, c, *x.shape[3:])
+        return x.reshape(b, x.shape[1], n, c, *x.shape[3:])
 
     return (*(to_chunks(x) for x in (q, k, v, g, beta)), state, t)
 
@@ -353,14 +354,16 @@ def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pa
             cfg = prologue_config_from_env()
             gam, u, w, attn = gdn_chunk_prologue(q, k, v, g, beta, config=cfg, interpret=interpret)
         else:
-            gam, u, w, attn = _intra_chunk(q, k, v, g, beta, solve)
+            rep = v.shape[1] // k.shape[1]  # the batched XLA form wants one key head per value head
+            gam, u, w, attn = _intra_chunk(jnp.repeat(q, rep, axis=1), jnp.repeat(k, rep, axis=1), v, g, beta, solve)
     with jax.named_scope("gdn_inter_chunk"):
         cfg = config_from_env(pallas_config)
 
         def scan(q, k, u, w, attn, gam, state, *, rules):  # per device: its batch rows and value heads
             return gdn_chunk_scan(q, k, u, w, attn, gam, state, config=cfg, interpret=interpret)
 
-        hm = ("batch", "gdn_v_heads", None, None, None)  # head-major [B,H,N,C,·]
+        # head-major [B,H,N,C,·]; q and k have key heads, sharded over the same mesh axis in the same groups
+        hm = ("batch", "gdn_v_heads", None, None, None)
         st = ("batch", "gdn_v_heads", None, None)
         in_axes = (hm, hm, hm, hm, hm, st, st)  # q, k, u, w, attn, γ [B,H,N,C], state [B,H,K,V]
         out_axes = (("batch", None, "gdn_v_heads", None), st)  # o [B,N·C,H,V], state

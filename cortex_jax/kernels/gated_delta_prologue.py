@@ -32,13 +32,14 @@ intermediate. This kernel does it in one launch, everything of a chunk in regist
   keys, β = 1, g = 0 is tested).
 * U and W: two ``[C, C]×[C, ·]`` dots with the inverse.
 
-Dots are fp32: ``"tf32x3"`` (3-pass tf32 on the tensor cores, the default on GPU, as for the recurrence
-kernel), ``"ieee"`` (``Precision.HIGHEST``; the config default, the only one the interpreter runs) or
-``"tf32"``. K and V are zero-padded to power-of-two tiles >= 16 when needed (exact); C must be a power of two
->= 16 on GPU. ``interpret=True`` runs the kernel through the Pallas interpreter (CPU tests).
+Dot precision is named as for the recurrence kernel (``gated_delta_pallas.PRECISIONS``: ``"ieee"``, the config
+default and the only one the interpreter runs; ``"tf32x3"``; ``"tf32"``; ``"bf16"`` operands with fp32
+accumulation), with the same GPU default. q and k may have fewer heads than v (read through the index map).
+K and V are zero-padded to power-of-two tiles >= 16 when needed (exact); C must be a power of two >= 16 on GPU.
+``interpret=True`` runs the kernel through the Pallas interpreter (CPU tests).
 
-Selected in ``chunked_gated_delta``'s pallas path by env CORTEX_GDN_PROLOGUE = xla (default, until measured) |
-pallas; launch/precision overrides: CORTEX_GDN_PROLOGUE_{WARPS,STAGES,PRECISION,BLOCK}.
+Selected in ``chunked_gated_delta``'s pallas path by env CORTEX_GDN_PROLOGUE = pallas (default on GPU) | xla;
+launch/precision overrides: CORTEX_GDN_PROLOGUE_{WARPS,STAGES,PRECISION,BLOCK}.
 """
 
 from __future__ import annotations
@@ -55,10 +56,11 @@ from jax.experimental import pallas as pl
 
 from cortex_jax.kernels.gated_delta_pallas import (
     _MIN_TILE,
+    _check_precision,
     _default_precision,
-    _dot_precision,
     _is_pow2,
     _tile,
+    kernel_dot,
 )
 from cortex_jax.kernels.pallas_compat import SQUEEZED, triton_compiler_params
 
@@ -72,7 +74,7 @@ class PrologueConfig(NamedTuple):
 
     num_warps: int = 4
     num_stages: int = 1
-    precision: str = "ieee"  # "ieee" | "tf32x3" | "tf32"; the env default on GPU is tf32x3 (see module doc)
+    precision: str = "ieee"  # "ieee" | "tf32x3" | "tf32" | "bf16"; the env default on GPU: see module doc
     block: int = 16  # diagonal block size of the inverse (gcd with C is used): bs − 1 substitution steps
 
 
@@ -92,8 +94,10 @@ def prologue_config_from_env(base: PrologueConfig | None = None) -> PrologueConf
 
 
 def prologue_impl_from_env() -> str:
-    """CORTEX_GDN_PROLOGUE: ``xla`` (default; ``gated_delta._intra_chunk``) or ``pallas`` (this kernel)."""
-    impl = os.environ.get("CORTEX_GDN_PROLOGUE", "xla").strip().lower() or "xla"
+    """CORTEX_GDN_PROLOGUE: ``pallas`` (this kernel; the default on GPU) or ``xla`` (``gated_delta._intra_chunk``;
+    the default elsewhere, where the kernel could only run through the slow interpreter)."""
+    default = "pallas" if jax.default_backend() == "gpu" else "xla"
+    impl = os.environ.get("CORTEX_GDN_PROLOGUE", default).strip().lower() or default
     if impl not in PROLOGUE_IMPLS:
         raise ValueError(f"unknown CORTEX_GDN_PROLOGUE {impl!r} ({' | '.join(PROLOGUE_IMPLS)})")
     return impl
@@ -106,12 +110,10 @@ def _prologue_kernel(
     c, bs = chunk, block
     nb = c // bs
     f32 = jnp.float32
-
-    def dot(a, b):  # a [M, X] · b [X, P]
-        return lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision=precision, preferred_element_type=f32)
+    dot = kernel_dot(precision)
 
     def dot_nt(a, b):  # a · bᵀ, a [M, X], b [P, X]
-        return lax.dot_general(a, b, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=f32)
+        return dot(a, b, ((1,), (1,)))
 
     row = lax.broadcasted_iota(jnp.int32, (c, c), 0)  # i
     col = lax.broadcasted_iota(jnp.int32, (c, c), 1)  # j
@@ -168,8 +170,8 @@ def gdn_chunk_prologue(q, k, v, g, beta, *, config: PrologueConfig = PrologueCon
     """The intra-chunk terms of ``chunked_gated_delta`` in one Pallas launch (same contract as ``_intra_chunk``).
 
     Args:
-      q, k: ``[B, H, N, C, K]``, normalised (q scaled by K^-0.5); v: ``[B, H, N, C, V]``; g (log-decay), beta:
-        ``[B, H, N, C]``. Cast to fp32.
+      q, k: ``[B, Hk, N, C, K]``, normalised (q scaled by K^-0.5), ``Hk`` dividing H (value head h reads key
+        head ``h // (H/Hk)``); v: ``[B, H, N, C, V]``; g (log-decay), beta: ``[B, H, N, C]``. Cast to fp32.
       config: launch / dot-precision / block settings (``PrologueConfig``).
       interpret: run through the Pallas interpreter (CPU / debugging).
 
@@ -177,8 +179,12 @@ def gdn_chunk_prologue(q, k, v, g, beta, *, config: PrologueConfig = PrologueCon
       γ ``[B, H, N, C]``, U ``[B, H, N, C, V]``, W ``[B, H, N, C, K]``, A ``[B, H, N, C, C]``, all fp32: the
       ``gam, u, w, attn`` inputs of ``gated_delta_pallas.gdn_chunk_scan``.
     """
-    b, h, n, c, dk = q.shape
-    dv = v.shape[-1]
+    b, h, n, c, dv = v.shape
+    hk, dk = q.shape[1], q.shape[-1]
+    if h % hk or k.shape[1] != hk:
+        raise ValueError(f"value heads {h} not a multiple of key heads {hk} (q {q.shape}, k {k.shape})")
+    rep = h // hk
+    _check_precision(config.precision)
     if not interpret and not (_is_pow2(c) and c >= _MIN_TILE):
         raise ValueError(f"chunk size {c} must be a power of two >= {_MIN_TILE} for the Triton kernel")
     if config.block < 1:
@@ -197,20 +203,22 @@ def gdn_chunk_prologue(q, k, v, g, beta, *, config: PrologueConfig = PrologueCon
     def tile_map(nn, hh, bb):  # grid (n, h, b) -> block (b, h, n, 0, 0)
         return bb, hh, nn, 0, 0
 
+    def key_map(nn, hh, bb):
+        return bb, hh // rep, nn, 0, 0
+
     def vec_map(nn, hh, bb):
         return bb, hh, nn, 0
 
-    def tile(width):
-        return pl.BlockSpec((sq, sq, sq, c, width), tile_map)
+    def tile(width, index_map=tile_map):
+        return pl.BlockSpec((sq, sq, sq, c, width), index_map)
 
     vec = pl.BlockSpec((sq, sq, sq, c), vec_map)
-    prec = _dot_precision(config.precision)
-    kernel = functools.partial(_prologue_kernel, chunk=c, block=bs, precision=prec, unroll=not interpret)
+    kernel = functools.partial(_prologue_kernel, chunk=c, block=bs, precision=config.precision, unroll=not interpret)
     params = {} if interpret else {"compiler_params": triton_compiler_params(config.num_warps, config.num_stages)}
     gam, u, w, attn = pl.pallas_call(
         kernel,
         grid=(n, h, b),
-        in_specs=[tile(kp), tile(kp), tile(vp), vec, vec],
+        in_specs=[tile(kp, key_map), tile(kp, key_map), tile(vp), vec, vec],
         out_specs=[vec, tile(vp), tile(kp), tile(c)],
         out_shape=[
             jax.ShapeDtypeStruct((b, h, n, c), f32),

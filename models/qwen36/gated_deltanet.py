@@ -103,7 +103,8 @@ class Qwen36GatedDeltaNet(nnx.Module):
         cg = shard(c.reshape(b, t, self.n_k, 2 * dk + rep * self.dv), ("batch", None, "gdn_conv", None))
         q, k = cg[..., :dk], cg[..., dk : 2 * dk]
         v = cg[..., 2 * dk :].reshape(b, t, self.n_v, self.dv)  # value head h·r + i ↔ key head h
-        q, k = jnp.repeat(q, rep, axis=2), jnp.repeat(k, rep, axis=2)
+        # q, k stay per key head (the kernels map value head h to key head h // rep); "gdn_v_heads" splits key
+        # heads in the same groups as their value heads
         heads = ("batch", None, "gdn_v_heads", None)
         q, k, v = shard(q, heads), shard(k, heads), shard(v, heads)
         with jax.named_scope("gdn_gates"):

@@ -11,6 +11,7 @@ import pytest
 
 from cortex_jax.kernels import gated_delta as gd
 from cortex_jax.kernels.gated_delta import chunked_gated_delta, recurrent_gated_delta
+from cortex_jax.kernels.gated_delta_pallas import GPU_PRECISION
 from cortex_jax.kernels.gated_delta_prologue import PrologueConfig, gdn_chunk_prologue, prologue_config_from_env
 from tests.kernels.test_gated_delta import inputs, numpy_loop
 from tests.kernels.util import fast_jit
@@ -114,7 +115,7 @@ def test_config_from_env(monkeypatch):
     for var in ("WARPS", "STAGES", "PRECISION", "BLOCK"):
         monkeypatch.delenv(f"CORTEX_GDN_PROLOGUE_{var}", raising=False)
     cpu = jax.default_backend() != "gpu"
-    assert prologue_config_from_env() == PrologueConfig(precision="ieee" if cpu else "tf32x3")
+    assert prologue_config_from_env() == PrologueConfig(precision="ieee" if cpu else GPU_PRECISION)
     assert prologue_config_from_env(PrologueConfig(num_warps=8)) == PrologueConfig(num_warps=8)
     monkeypatch.setenv("CORTEX_GDN_PROLOGUE_WARPS", "8")
     monkeypatch.setenv("CORTEX_GDN_PROLOGUE_BLOCK", "32")
@@ -122,12 +123,16 @@ def test_config_from_env(monkeypatch):
     assert prologue_config_from_env() == PrologueConfig(num_warps=8, block=32, precision="tf32x3")
 
 
-@pytest.mark.parametrize("precision, block", [("ieee", 16), ("tf32x3", 16), ("tf32x3", 8), ("tf32x3", 64)])
+@pytest.mark.parametrize(
+    "precision, block", [("ieee", 16), ("tf32x3", 16), ("tf32x3", 8), ("tf32x3", 64), ("bf16", 16)]
+)
 def test_lowers_to_triton_for_27b_tiles(precision, block):
-    # lowering (jaxpr -> Triton IR) needs no GPU: catches unsupported ops / shapes in CI. dk = dv = 128, C = 64.
+    # lowering (jaxpr -> Triton IR) needs no GPU: catches unsupported ops / shapes in CI. dk = dv = 128, C = 64,
+    # q/k at one key head for 3 value heads (the 27B ratio)
     f32 = jnp.float32
-    b, h, n, c, d = 1, 2, 3, 64, 128
-    args = [jax.ShapeDtypeStruct(s, f32) for s in [(b, h, n, c, d)] * 3 + [(b, h, n, c)] * 2]
+    b, hk, h, n, c, d = 1, 1, 3, 3, 64, 128
+    shapes = [(b, hk, n, c, d)] * 2 + [(b, h, n, c, d)] + [(b, h, n, c)] * 2
+    args = [jax.ShapeDtypeStruct(s, f32) for s in shapes]
     cfg = PrologueConfig(precision=precision, block=block)
     fn = jax.jit(functools.partial(gdn_chunk_prologue, config=cfg, interpret=False))
     text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
