@@ -93,6 +93,17 @@ GDN_VARIANTS: dict[str, dict[str, str]] = {
     **{f"split-{prec}+prologue": {**_SPLIT, **_PROLOGUE, "CORTEX_GDN_PALLAS_PRECISION": prec,
                                   "CORTEX_GDN_PROLOGUE_PRECISION": prec} for prec in ("tf32x3", "tf32", "bf16")},
 }
+# launch settings of the default (split, bf16, Pallas prologue): value tile of the sequential kernel, its
+# pipelining stages, warps of the output kernel and of the prologue
+GDN_VARIANTS.update({
+    f"tuned-{name}": {**GDN_VARIANTS["split-bf16+prologue"], **env} for name, env in (
+        ("bv32", {"CORTEX_GDN_PALLAS_BV": "32"}), ("bv16", {"CORTEX_GDN_PALLAS_BV": "16"}),
+        ("bv128", {"CORTEX_GDN_PALLAS_BV": "128"}), ("stages2", {"CORTEX_GDN_PALLAS_STAGES": "2"}),
+        ("bv32-stages2", {"CORTEX_GDN_PALLAS_BV": "32", "CORTEX_GDN_PALLAS_STAGES": "2"}),
+        ("out8", {"CORTEX_GDN_PALLAS_OUT_WARPS": "8"}), ("prologue8", {"CORTEX_GDN_PROLOGUE_WARPS": "8"}),
+        ("warps8", {"CORTEX_GDN_PALLAS_WARPS": "8"}),
+    )
+})
 
 FALLBACK_MARK = "falling back to its reference PyTorch implementation"
 
@@ -694,7 +705,7 @@ def parse_ints(s: str) -> list[int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="CPU smoke run: tiny shapes and a tiny HF config")
-    ap.add_argument("--parts", default="gdn,hf", help="comma list of: gdn (both kernels), hf")
+    ap.add_argument("--parts", default="gdn,hf", help="comma list of: gdn (both kernels), gdn-jax (ours only), hf")
     ap.add_argument("--gdn-lengths", default=None, help="default 2048,8192,32768 (small: 64,200)")
     ap.add_argument("--reps", type=int, default=None, help="GDN timing reps (default 10, small 3)")
     ap.add_argument("--jax-chunk", type=int, default=64)
@@ -757,14 +768,15 @@ def main() -> None:
             write_json(args.out, res)
 
     try:
-        if "gdn" in parts:
+        if "gdn" in parts or "gdn-jax" in parts:
             t0 = time.perf_counter()
             res["gdn_inputs"] = make_gdn_inputs(wd, max(args.gdn_lengths), args.gdn_shapes, args.seed, args.h0_scale)
             log(f"GDN inputs {args.gdn_shapes} up to T={max(args.gdn_lengths)} written in "
                 f"{time.perf_counter() - t0:.1f} s (g min {res['gdn_inputs']['g_min']:.1f}, "
                 f"mean {res['gdn_inputs']['g_mean']:.2f})")
-            res["gdn_torch"] = run_part("gdn-torch", args, wd, args.timeout_gdn)
-            save()
+            if "gdn" in parts:  # "gdn-jax" alone: our variants only (launch tuning), no torch / fla
+                res["gdn_torch"] = run_part("gdn-torch", args, wd, args.timeout_gdn)
+                save()
             res["gdn_jax"] = run_part("gdn-jax", args, wd, args.timeout_gdn)
             save()
             res["gdn_check"] = compare(wd, args.gdn_lengths)
