@@ -113,6 +113,7 @@ def make_prefill_step(graphdef: nnx.GraphDef):
         place = _placer(cache)
         return prefill(state, cache, place(tokens, 0), place(positions, 1), place(valid, 0), place(input_embeds, 0))
 
+    prefill_step.jitted = prefill  # for .lower() with abstract arguments (scripts/inspect_collectives.py)
     return prefill_step
 
 
@@ -133,6 +134,7 @@ def make_decode_step(graphdef: nnx.GraphDef):
         place = _placer(cache)
         return decode(state, cache, place(tokens, 0), place(positions, 1), place(valid, 0))
 
+    decode_step.jitted = decode  # for .lower() with abstract arguments (scripts/inspect_collectives.py)
     return decode_step
 
 

@@ -131,8 +131,10 @@ class Qwen36TextModel(nnx.Module):
             "conv_end": jnp.max(jnp.where(valid, steps, 0), axis=-1),
         }
         new_layers = []
-        for layer, layer_cache in zip(self.layers, cache.layers, strict=True):
-            h, layer_cache = layer(h, layer_cache, ctx)
+        for i, (layer, layer_cache) in enumerate(zip(self.layers, cache.layers, strict=True)):
+            # names every op of the layer in HLO metadata and profiles (scripts/inspect_collectives.py)
+            with jax.named_scope(f"layer{i}_{layer.kind.name.lower()}"):
+                h, layer_cache = layer(h, layer_cache, ctx)
             new_layers.append(layer_cache)
         return self.norm(h), HybridCache(layers=tuple(new_layers), lengths=lengths + n_valid)
 
