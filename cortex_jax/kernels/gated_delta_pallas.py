@@ -247,6 +247,29 @@ def gdn_chunk_scan(q, k, u, w, attn, gam, state, *, config: PallasConfig = Palla
     return o, s
 
 
+class _SequentialMaps:
+    """Index maps of the sequential kernels' grid ``(j, hh, bb)`` = (value tile, value head, batch row); the
+    value tile runs fastest, so one head's programs run together and share its tiles in L2."""
+
+    def __init__(self, rep: int):
+        self.rep = rep  # value heads per key head
+
+    def key(self, j, hh, bb):  # q, k [B, Hk, N, C, K]: the value head's key head
+        return bb, hh // self.rep, 0, 0, 0
+
+    def head(self, j, hh, bb):  # w, attn [B, H, N, C, ·]: whole rows
+        return bb, hh, 0, 0, 0
+
+    def tile(self, j, hh, bb):  # u, S_n, Vn [B, H, N, ·, V]: value tile j
+        return bb, hh, 0, 0, j
+
+    def gam(self, j, hh, bb):  # γ [B, H, N, C]
+        return bb, hh, 0, 0
+
+    def state(self, j, hh, bb):  # state [B, H, K, V]: value tile j
+        return bb, hh, 0, j
+
+
 def _params(interpret: bool, warps: int, stages: int) -> dict:
     return {} if interpret else {"compiler_params": triton_compiler_params(warps, stages)}
 
@@ -256,21 +279,7 @@ def _fused(q, k, u, w, attn, gam, state, *, n, c, kp, vp, rep, config, interpret
     bv = min(config.block_v, vp)  # both powers of two: bv divides vp
     sq = SQUEEZED
 
-    # grid (j, h, b): value tile j fastest, so one head's programs run together and share tiles in L2
-    def key_map(j, hh, bb):
-        return bb, hh // rep, 0, 0, 0
-
-    def head_map(j, hh, bb):
-        return bb, hh, 0, 0, 0
-
-    def u_map(j, hh, bb):
-        return bb, hh, 0, 0, j
-
-    def gam_map(j, hh, bb):
-        return bb, hh, 0, 0
-
-    def state_map(j, hh, bb):
-        return bb, hh, 0, j
+    m = _SequentialMaps(rep)
 
     def o_map(j, hh, bb):
         return bb, 0, hh, j
@@ -280,17 +289,17 @@ def _fused(q, k, u, w, attn, gam, state, *, n, c, kp, vp, rep, config, interpret
         kernel,
         grid=(vp // bv, h, b),
         in_specs=[
-            pl.BlockSpec((sq, sq, n, c, kp), key_map),  # q
-            pl.BlockSpec((sq, sq, n, c, kp), key_map),  # k
-            pl.BlockSpec((sq, sq, n, c, bv), u_map),  # u
-            pl.BlockSpec((sq, sq, n, c, kp), head_map),  # w
-            pl.BlockSpec((sq, sq, n, c, c), head_map),  # attn
-            pl.BlockSpec((sq, sq, n, c), gam_map),  # gam
-            pl.BlockSpec((sq, sq, kp, bv), state_map),  # initial state
+            pl.BlockSpec((sq, sq, n, c, kp), m.key),  # q
+            pl.BlockSpec((sq, sq, n, c, kp), m.key),  # k
+            pl.BlockSpec((sq, sq, n, c, bv), m.tile),  # u
+            pl.BlockSpec((sq, sq, n, c, kp), m.head),  # w
+            pl.BlockSpec((sq, sq, n, c, c), m.head),  # attn
+            pl.BlockSpec((sq, sq, n, c), m.gam),  # gam
+            pl.BlockSpec((sq, sq, kp, bv), m.state),  # initial state
         ],
         out_specs=[
             pl.BlockSpec((sq, n * c, sq, bv), o_map),
-            pl.BlockSpec((sq, sq, kp, bv), state_map),
+            pl.BlockSpec((sq, sq, kp, bv), m.state),
         ],
         out_shape=[
             jax.ShapeDtypeStruct((b, n * c, h, vp), jnp.float32),
@@ -308,36 +317,22 @@ def _split(q, k, u, w, attn, gam, state, *, n, c, kp, vp, rep, config, interpret
     sq = SQUEEZED
     store = jnp.bfloat16 if config.precision == "bf16" else jnp.float32  # S_n / Vn: operands of bf16 dots anyway
 
-    def key_map(j, hh, bb):
-        return bb, hh // rep, 0, 0, 0
-
-    def head_map(j, hh, bb):
-        return bb, hh, 0, 0, 0
-
-    def tile_map(j, hh, bb):
-        return bb, hh, 0, 0, j
-
-    def gam_map(j, hh, bb):
-        return bb, hh, 0, 0
-
-    def state_map(j, hh, bb):
-        return bb, hh, 0, j
-
+    m = _SequentialMaps(rep)
     states = functools.partial(_states_kernel, n_chunks=n, chunk=c, precision=config.precision)
     hs, vn, s = pl.pallas_call(
         states,
         grid=(vp // bv, h, b),
         in_specs=[
-            pl.BlockSpec((sq, sq, n, c, kp), key_map),  # k
-            pl.BlockSpec((sq, sq, n, c, bv), tile_map),  # u
-            pl.BlockSpec((sq, sq, n, c, kp), head_map),  # w
-            pl.BlockSpec((sq, sq, n, c), gam_map),  # gam
-            pl.BlockSpec((sq, sq, kp, bv), state_map),  # initial state
+            pl.BlockSpec((sq, sq, n, c, kp), m.key),  # k
+            pl.BlockSpec((sq, sq, n, c, bv), m.tile),  # u
+            pl.BlockSpec((sq, sq, n, c, kp), m.head),  # w
+            pl.BlockSpec((sq, sq, n, c), m.gam),  # gam
+            pl.BlockSpec((sq, sq, kp, bv), m.state),  # initial state
         ],
         out_specs=[
-            pl.BlockSpec((sq, sq, n, kp, bv), tile_map),  # S_n
-            pl.BlockSpec((sq, sq, n, c, bv), tile_map),  # Vn
-            pl.BlockSpec((sq, sq, kp, bv), state_map),  # final state
+            pl.BlockSpec((sq, sq, n, kp, bv), m.tile),  # S_n
+            pl.BlockSpec((sq, sq, n, c, bv), m.tile),  # Vn
+            pl.BlockSpec((sq, sq, kp, bv), m.state),  # final state
         ],
         out_shape=[
             jax.ShapeDtypeStruct((b, h, n, kp, vp), store),
