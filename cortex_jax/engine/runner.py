@@ -139,7 +139,7 @@ def _prefill_chunk(fns, shardings, state, pool: SlotPool, slot, tokens, position
     counts = jnp.where(fresh, 0, _rows(pool.counts, slot, 1))  # [1, V]
     seen = jnp.where(fresh, False, _rows(pool.prompt_seen, slot, 1))
     seen = seen.at[0, jnp.where(valid[0], tokens[0], v)].set(True, mode="drop")
-    out = sample(logits, params, counts, seen, num_top)
+    out = sample(logits, params, counts, seen, num_top, replicate=_replicator(shardings))
     counts = counts.at[0, out.tokens[0]].add(last.astype(counts.dtype))
     pool = SlotPool(
         cache=_put_rows(pool.cache, sub, slot),
@@ -152,13 +152,19 @@ def _prefill_chunk(fns, shardings, state, pool: SlotPool, slot, tokens, position
 
 
 def _decode(fns, shardings, state, pool: SlotPool, active, params: SamplingArrays, *, num_top):
+    pool, out = _decode_pool(fns, state, pool, active, params, num_top, _replicator(shardings))
+    return _constrain(pool, shardings), out
+
+
+def _decode_pool(fns, state, pool: SlotPool, active, params: SamplingArrays, num_top, replicate):
+    """One decode step over every row of ``pool`` (its layout not pinned: the callers do that)."""
     state = unflatten_state(state)
     s = active.shape[0]
     pos = (pool.cache.lengths + pool.rope_delta).astype(jnp.int32)  # [S]
     positions = jnp.broadcast_to(pos[None, :, None], (3, s, 1))
     hidden, cache = fns.forward(state, pool.last_token[:, None], positions, active[:, None], pool.cache, None)
     logits = fns.logits(state, hidden[:, 0])  # [S, V]
-    out = sample(logits, params, pool.counts, pool.prompt_seen, num_top)
+    out = sample(logits, params, pool.counts, pool.prompt_seen, num_top, replicate=replicate)
     pool = SlotPool(
         cache=cache,
         last_token=jnp.where(active, out.tokens, pool.last_token),
@@ -166,7 +172,7 @@ def _decode(fns, shardings, state, pool: SlotPool, active, params: SamplingArray
         counts=pool.counts.at[jnp.arange(s), out.tokens].add(active.astype(pool.counts.dtype)),
         prompt_seen=pool.prompt_seen,
     )
-    return _constrain(pool, shardings), out
+    return pool, out
 
 
 def _decode_rows(fns, shardings, state, pool: SlotPool, idx, active, params: SamplingArrays, *, num_top):
@@ -175,11 +181,17 @@ def _decode_rows(fns, shardings, state, pool: SlotPool, idx, active, params: Sam
     them by slot as for the full step. Costs a copy of the N rows' cache in and out (small next to the weights
     at low batch) and saves running the model over S − N idle rows."""
     sub = jax.tree.map(partial(jnp.take, indices=idx, axis=0), pool)  # every pool leaf is slot-major
-    sub, out = _decode(fns, None, state, sub, active, params, num_top=num_top)
+    sub, out = _decode_pool(fns, state, sub, active, params, num_top, _replicator(shardings))
     pool = jax.tree.map(lambda full, part: full.at[idx].set(part), pool, sub)
     s = pool.last_token.shape[0]
     out = jax.tree.map(lambda x: jnp.zeros((s, *x.shape[1:]), x.dtype).at[idx].set(x), out)
     return _constrain(pool, shardings), out
+
+
+def _replicator(shardings):
+    """A constraint to the pool's replicated layout for ``[rows, V]`` arrays (see ``sampling.sample``), or None
+    off a mesh. ``counts`` is such an array: replicated, like every pool leaf but the cache."""
+    return None if shardings is None else partial(jax.lax.with_sharding_constraint, shardings=shardings.counts)
 
 
 def _constrain(pool, shardings):

@@ -24,7 +24,7 @@ logits), as vLLM reports by default: the chosen token's and, when ``num_top > 0`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -157,11 +157,16 @@ def gumbel_noise(p: SamplingArrays, v: int) -> Array:
 
 
 def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array,
-           num_top: int = 0) -> SampleOut:
+           num_top: int = 0, replicate: Callable[[Array], Array] | None = None) -> SampleOut:
     """Sample one token per row. ``logits [B, V]`` (any float dtype); ``num_top`` static (0..20).
 
     Work no row needs is skipped with ``lax.cond`` (penalties, noise, filtering); each skipped stage is the
     identity for the rows that do not use it, so a row's token never depends on which branch ran.
+
+    ``replicate``: under tensor parallelism the logits arrive sharded over the vocabulary, and each of the
+    radix selection's 64 reductions would become a cross-device all-reduce (dependent, latency-bound). The
+    caller passes a sharding constraint to a replicated layout here; the filter thresholds are then computed
+    from one all-gathered copy with no further collectives, and only ``[B]`` thresholds meet the sharded logits.
     """
     f, i = p.floats, p.ints
     raw = logits.astype(jnp.float32)
@@ -178,7 +183,7 @@ def sample(logits: Array, p: SamplingArrays, counts: Array, prompt_seen: Array,
         x = x / jnp.where(stochastic, temp, 1.0)[:, None]
 
         def masked(x):
-            t = jnp.where(filters, _filter_keys(x, p), jnp.uint32(0))
+            t = jnp.where(filters, _filter_keys(x if replicate is None else replicate(x), p), jnp.uint32(0))
             return jnp.where(_sortable(x) >= t[:, None], x, -jnp.inf)
 
         x = jax.lax.cond(jnp.any(filters), masked, lambda x: x, x)

@@ -2,7 +2,8 @@
 
 The checkpoint is a head-count variant of the embedded ``qwen3.6-tiny`` (same tokenizer, chat template, vision
 tower and weight recipe; 4 layers, H 4, Hkv 2, GDN Hk 4 / Hv 8), so tp ∈ {1, 2, 4} fit and tp = 3 or 8 do not.
-It is loaded at 1×1, 1×4 and 2×2 in turn; greedy chat completions must be identical on every mesh.
+It is loaded at 1×1, 1×4 and 2×2 in turn; greedy and seeded top-k/top-p chat completions must be identical on
+every mesh.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tests.sharding.conftest import device_env
 MODEL = "tiny-tp4"
 TEXT = {"num_hidden_layers": 4, "layer_types": ["linear_attention"] * 3 + ["full_attention"],
         "linear_num_key_heads": 4, "linear_num_value_heads": 8}
+SAMPLED = {"temperature": 1.0, "top_k": 12, "top_p": 0.8, "seed": 3, "logprobs": False}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "Name three colours."}], "temperature": 0,
         "max_tokens": 8, "logprobs": True, "chat_template_kwargs": {"enable_thinking": False}}
 
@@ -58,7 +60,7 @@ def _error(r, status: int, param: str) -> str:
     return err["message"]
 
 
-def test_meshes_give_identical_greedy_output(neuron):
+def test_meshes_give_identical_output(neuron):
     outs = {}
     with neuron.client(timeout=180) as c:
         for dp, tp in ((1, 1), (1, 4), (2, 2)):
@@ -73,7 +75,11 @@ def test_meshes_give_identical_greedy_output(neuron):
             r = c.post("/v1/chat/completions", json=CHAT)
             assert r.status_code == 200, r.text
             choice = r.json()["choices"][0]
-            outs[(dp, tp)] = (choice["message"], [t["token"] for t in choice["logprobs"]["content"]])
+            # seeded sampling with top-k / top-p: the filter thresholds come from all-gathered logits under tp
+            r = c.post("/v1/chat/completions", json={**CHAT, **SAMPLED})
+            assert r.status_code == 200, r.text
+            sampled = r.json()["choices"][0]["message"]["content"]
+            outs[(dp, tp)] = (choice["message"], [t["token"] for t in choice["logprobs"]["content"]], sampled)
             assert c.post("/models/unload", json={"model": MODEL}).status_code == 200
     ref = outs[(1, 1)]
     assert len(ref[1]) == CHAT["max_tokens"] or choice["finish_reason"] == "stop"
