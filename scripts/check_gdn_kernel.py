@@ -314,7 +314,7 @@ def prologue_main(jax, args) -> int:
 
     with jax.default_matmul_precision("highest"):
         pin = jax.block_until_ready(jax.jit(prepare)(*x))
-        ref = jax.block_until_ready(jax.jit(lambda *a: gd._intra_chunk(*a, "blocked"))(*pin))
+        ref = jax.block_until_ready(jax.jit(lambda *a: gd.xla_prologue(*a, "blocked"))(*pin))
     ref_max = [float(jnp.max(jnp.abs(r))) for r in ref]
 
     def errors(out):  # max |Δ| of γ, U, W, A vs the HIGHEST XLA prologue
@@ -325,7 +325,7 @@ def prologue_main(jax, args) -> int:
 
     xla_ms = None
     try:
-        xla_ms, out = bench(jax, jax.jit(lambda *a: gd._intra_chunk(*a, "blocked")), pin, reps)
+        xla_ms, out = bench(jax, jax.jit(lambda *a: gd.xla_prologue(*a, "blocked")), pin, reps)
         errs = errors(out)
         print(
             f"  xla  _intra_chunk (blocked, default precision) {xla_ms:8.3f} ms   max|Δ| {err_text(errs)}", flush=True
@@ -355,7 +355,7 @@ def prologue_main(jax, args) -> int:
     incl = {}
     if best is not None:
         print(f"  fastest accurate config: {prologue_cfg_name(best)}")
-        variants = [("xla", lambda *a: gd._intra_chunk(*prepare(*a), "blocked"))]
+        variants = [("xla", lambda *a: gd.xla_prologue(*prepare(*a), "blocked"))]
         variants.append(("pallas", lambda *a: gdn_chunk_prologue(*prepare(*a), config=best, interpret=not on_gpu)))
         for label, fn in variants:
             try:
@@ -580,7 +580,7 @@ def main() -> int:
 
     def prologue(q, k, v, g, beta, s0, solve):
         q, k, v, g, beta, s0, _ = gd.head_major_chunks(q, k, v, g, beta, s0, chunk, True)
-        gam, u, w, attn = gd._intra_chunk(q, k, v, g, beta, solve)
+        gam, u, w, attn = gd.xla_prologue(q, k, v, g, beta, solve)
         return q, k, u, w, attn, gam, s0
 
     kin = None

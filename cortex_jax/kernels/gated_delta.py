@@ -346,6 +346,13 @@ def head_major_chunks(q, k, v, g, beta, initial_state, c, use_qk_l2norm):
     return (*(to_chunks(x) for x in (q, k, v, g, beta)), state, t)
 
 
+def xla_prologue(q, k, v, g, beta, solve: str):
+    """``_intra_chunk`` on ``head_major_chunks``' outputs: q, k ``[B,Hk,N,C,K]`` repeated to v's H heads first
+    (the batched XLA form wants one key head per value head). Returns γ, U, W, A as ``_intra_chunk``."""
+    rep = v.shape[1] // k.shape[1]
+    return _intra_chunk(jnp.repeat(q, rep, axis=1), jnp.repeat(k, rep, axis=1), v, g, beta, solve)
+
+
 def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pallas_config, shard=None):
     q, k, v, g, beta, state, t = head_major_chunks(q, k, v, g, beta, initial_state, c, use_qk_l2norm)
     interpret = jax.default_backend() != "gpu"
@@ -354,8 +361,7 @@ def _chunked_pallas(q, k, v, g, beta, initial_state, c, use_qk_l2norm, solve, pa
             cfg = prologue_config_from_env()
             gam, u, w, attn = gdn_chunk_prologue(q, k, v, g, beta, config=cfg, interpret=interpret)
         else:
-            rep = v.shape[1] // k.shape[1]  # the batched XLA form wants one key head per value head
-            gam, u, w, attn = _intra_chunk(jnp.repeat(q, rep, axis=1), jnp.repeat(k, rep, axis=1), v, g, beta, solve)
+            gam, u, w, attn = xla_prologue(q, k, v, g, beta, solve)
     with jax.named_scope("gdn_inter_chunk"):
         cfg = config_from_env(pallas_config)
 
