@@ -101,7 +101,12 @@ GDN_VARIANTS.update({
         ("bv128", {"CORTEX_GDN_PALLAS_BV": "128"}), ("stages2", {"CORTEX_GDN_PALLAS_STAGES": "2"}),
         ("bv32-stages2", {"CORTEX_GDN_PALLAS_BV": "32", "CORTEX_GDN_PALLAS_STAGES": "2"}),
         ("out8", {"CORTEX_GDN_PALLAS_OUT_WARPS": "8"}), ("prologue8", {"CORTEX_GDN_PROLOGUE_WARPS": "8"}),
-        ("warps8", {"CORTEX_GDN_PALLAS_WARPS": "8"}),
+        ("warps8", {"CORTEX_GDN_PALLAS_WARPS": "8"}), ("warps2", {"CORTEX_GDN_PALLAS_WARPS": "2"}),
+        ("stages1", {"CORTEX_GDN_PALLAS_STAGES": "1"}), ("stages3", {"CORTEX_GDN_PALLAS_STAGES": "3"}),
+        ("stages4", {"CORTEX_GDN_PALLAS_STAGES": "4"}),
+        ("bv32-stages3", {"CORTEX_GDN_PALLAS_BV": "32", "CORTEX_GDN_PALLAS_STAGES": "3"}),
+        ("warps2-stages3", {"CORTEX_GDN_PALLAS_WARPS": "2", "CORTEX_GDN_PALLAS_STAGES": "3"}),
+        ("prologue-stages2", {"CORTEX_GDN_PROLOGUE_STAGES": "2"}),
     )
 })
 
