@@ -2,6 +2,15 @@
 
     python scripts/bench_sharding.py --out bench_sharding/                 # GPUs: tp = 1, 2, 4, 8 as available
     python scripts/bench_sharding.py --small --devices 8 --out /tmp/bs     # CPU smoke run, tiny config
+    python scripts/bench_sharding.py --small --devices 4 --meshes 1x4 --decode-only --out /tmp/bsv \
+        --xla-variants "default;--xla_gpu_enable_command_buffer="          # CPU smoke run of the A/B plumbing
+
+Decode A/B of XLA flags at tp 4 (next GPU session, ``nvidia-h100-x4``; each variant is a child process with
+the variant's ``XLA_FLAGS``, ~70 s each: start-up, 13 s weight init, ~40 s of compiles)::
+
+    export XLA_PYTHON_CLIENT_MEM_FRACTION=0.90 PYTHONPATH=.
+    python3 scripts/bench_sharding.py --meshes 1x4 --decode-only --out bsv --xla-variants \
+      "default;--xla_gpu_enable_command_buffer=;--xla_gpu_unsupported_use_all_reduce_one_shot_kernel=true"
 
 Weights are random bf16 created *directly into their shards* (``jax.jit`` of the model constructor with the
 rules' ``out_shardings``: no device ever holds a whole tensor), or loaded from ``--ckpt`` through the sharded
@@ -11,11 +20,16 @@ loader. Per mesh it records
 * bytes per device: params, cache (per decode batch), and the allocator's peak where the backend reports it;
 * decode ms/step at each ``--batches`` size with ``--ctx`` tokens already in the cache (lengths set directly;
   the attention kernel reads all S cache rows either way), after one warm-up step;
-* prefill tok/s of one ``--prefill-len`` prompt;
+* prefill tok/s of one ``--prefill-len`` prompt (skipped with ``--decode-only``);
 * a roofline per GPU: decode bound by HBM bytes per step (this device's weights + cache traffic) / bandwidth,
   prefill bound by FLOPs / peak bf16; ``*_frac`` = roofline time / measured time.
 
-Writes ``results.json``, ``results.md`` (a table) and PNG plots (if matplotlib is installed) to ``--out``.
+Writes ``results.json``, ``results.md`` (a table) and PNG plots (if matplotlib is installed) to ``--out``, after
+every mesh. ``--xla-variants`` (syntax: ``scripts/xla_variants.py``): the parent starts no JAX backend; each
+variant re-runs this script (same arguments) in a child with that ``XLA_FLAGS`` into ``--out/v{i}_{name}/``
+(log beside it); the parent writes ``variants.json`` / ``variants.md`` after every child and prints a table of
+decode ms/step per (mesh, batch) with one column per variant last. A child that fails (e.g. an unknown flag
+aborts XLA) is a row with its reason.
 """
 
 from __future__ import annotations
@@ -31,6 +45,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import xla_variants  # noqa: E402
 
 from models.qwen36.presets import QWEN36_27B_TEXT  # noqa: E402  (no JAX import at module level)
 
@@ -74,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=0, help="timed decode steps (default 32; small 4)")
     p.add_argument("--prefill-len", type=int, default=0, help="prefill prompt length (default 8192)")
     p.add_argument("--ckpt", type=Path, default=None, help="load this checkpoint instead of random weights")
+    p.add_argument("--decode-only", action="store_true", help="skip the prefill measurement")
+    p.add_argument("--xla-variants", default="", help="';'-separated XLA_FLAGS variants, each in a child process")
+    p.add_argument("--child-timeout", type=float, default=300, help="seconds per variant child")
     a = p.parse_args(argv)
     a.batches = [int(x) for x in (a.batches or ("1,4" if a.small else "1,32")).split(",")]
     a.ctx = a.ctx or (32 if a.small else 1024)
@@ -241,6 +261,9 @@ def run_mesh(args: argparse.Namespace, cfg: Any, dp: int, tp: int) -> dict[str, 
         rec["decode"][str(batch)] = d
         del cache, logits
 
+    if args.decode_only:
+        rec["peak_bytes_device0"] = _peak_bytes(jax.devices()[0])
+        return rec
     length = args.prefill_len
     prefill = make_prefill_step(graphdef)
     csh = cache_shardings(cfg.text, dp, length, mesh, rules)
@@ -280,8 +303,8 @@ def write_table(results: list[dict[str, Any]], batches: list[int]) -> str:
             d = r["decode"].get(str(b), {})
             row += [str(d.get("ms_per_step", "—")), str(d.get("hbm_roofline_frac", "—"))]
         pk = r.get("peak_bytes_device0")
-        row += [str(r["prefill"]["tok_per_s"]), str(r["prefill"].get("mfu", "—")),
-                "—" if pk is None else f"{pk / 1e9:.2f}"]
+        pf = r.get("prefill", {})  # absent with --decode-only
+        row += [str(pf.get("tok_per_s", "—")), str(pf.get("mfu", "—")), "—" if pk is None else f"{pk / 1e9:.2f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -307,9 +330,10 @@ def write_plots(results: list[dict[str, Any]], batches: list[int], out: Path) ->
             ax[0].plot(devs, roof, "--", label=f"batch {b} HBM roofline")
     ax[0].set(title="decode", xlabel="devices", ylabel="ms / step", xscale="log", yscale="log")
     ax[0].legend()
-    ax[1].plot(devs, [r["prefill"]["tok_per_s"] for r in results], "o-")
-    ax[1].set(title=f"prefill {results[0]['prefill']['len']} tokens", xlabel="devices", ylabel="tok/s",
-              xscale="log")
+    if all("prefill" in r for r in results):
+        ax[1].plot(devs, [r["prefill"]["tok_per_s"] for r in results], "o-")
+        ax[1].set(title=f"prefill {results[0]['prefill']['len']} tokens", xlabel="devices", ylabel="tok/s",
+                  xscale="log")
     ax[2].bar(labels, [r["params_bytes_per_device"] / 1e9 for r in results], label="params")
     ax[2].set(title="params per device", ylabel="GB")
     fig.tight_layout()
@@ -327,7 +351,8 @@ def write_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> tu
     ok = [r for r in results if "error" not in r]
     env = {"jax": jax.__version__, "backend": jax.default_backend(), "devices": n,
            "device_kind": jax.devices()[0].device_kind, "small": args.small, "ctx": args.ctx,
-           "steps": args.steps, "batches": args.batches, "prefill_len": args.prefill_len,
+           "steps": args.steps, "batches": args.batches, "prefill_len": 0 if args.decode_only else args.prefill_len,
+           "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "ckpt": None if args.ckpt is None else str(args.ckpt), "date": time.strftime("%Y-%m-%d")}
     (args.out / "results.json").write_text(json.dumps({"env": env, "results": results}, indent=1))
     table = write_table(ok, args.batches) if ok else "no successful runs\n"
@@ -339,8 +364,73 @@ def write_results(args: argparse.Namespace, results: list[dict[str, Any]]) -> tu
     return ok, table
 
 
+def variants_table(done: list[dict[str, Any]], batches: list[int]) -> str:
+    """Decode ms/step (and HBM-roofline fraction) per (mesh, batch), one column per variant."""
+    labels = [v["label"] for v in done]
+    meshes: list[str] = []
+    for v in done:
+        meshes += [f"{r['dp']}x{r['tp']}" for r in v.get("results", []) if f"{r['dp']}x{r['tp']}" not in meshes]
+    lines = ["| mesh | batch | " + " | ".join(labels) + " |", "|" + "---|" * (2 + len(labels))]
+    for m in meshes:
+        for b in batches:
+            cells = []
+            for v in done:
+                r = next((r for r in v.get("results", []) if f"{r['dp']}x{r['tp']}" == m), None)
+                d = (r or {}).get("decode", {}).get(str(b))
+                if r is not None and "error" in r:
+                    cells.append("error")
+                elif d is None:
+                    cells.append("—")
+                else:
+                    frac = f" ({d['hbm_roofline_frac']})" if "hbm_roofline_frac" in d else ""
+                    cells.append(f"{d['ms_per_step']}{frac}")
+            lines.append(f"| {m} | {b} | " + " | ".join(cells) + " |")
+    for v in done:
+        if "error" in v:
+            lines.append(f"\n* `{v['label']}` failed (rc {v.get('rc')}): {v['error']}")
+        for r in v.get("results", []):
+            if "error" in r:
+                lines.append(f"\n* `{v['label']}` {r['dp']}x{r['tp']}: {r['error'][:300]}")
+    return "\n".join(lines) + "\n"
+
+
+def run_variants(args: argparse.Namespace, argv: list[str]) -> None:
+    """Parent of ``--xla-variants``: one child per variant, this process never starts a JAX backend."""
+    variants = xla_variants.parse_variants(args.xla_variants)
+    base = xla_variants.strip_option(xla_variants.strip_option(argv, "--xla-variants"), "--out")
+    args.out.mkdir(parents=True, exist_ok=True)
+    done: list[dict[str, Any]] = []
+    for i, v in enumerate(variants):
+        sub = args.out / xla_variants.safe_name(i, v.label)
+        unknown = xla_variants.unknown_flags(v)
+        if unknown:
+            print(f"[{v.label}] not in the installed jaxlib (the child will tell): {unknown}", flush=True)
+        env = xla_variants.child_env(v)
+        print(f"[{v.label}] XLA_FLAGS={env['XLA_FLAGS']!r} ...", flush=True)
+        cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--out", str(sub)]
+        res = xla_variants.run_child(cmd, env, args.out / f"{sub.name}.log", args.child_timeout, cwd=ROOT)
+        rec: dict[str, Any] = {"label": v.label, "xla_flags": env["XLA_FLAGS"], **res}
+        if unknown:
+            rec["unknown_flags"] = unknown
+        if (sub / "results.json").is_file():  # written after every mesh: partial results survive a timeout
+            got = json.loads((sub / "results.json").read_text())
+            rec.update(env=got["env"], results=got["results"])
+        print(f"[{v.label}] rc {res['rc']} in {res['seconds']} s" + (f": {res['error']}" if "error" in res else ""),
+              flush=True)
+        done.append(rec)
+        (args.out / "variants.json").write_text(json.dumps({"variants": done}, indent=1))
+        (args.out / "variants.md").write_text(variants_table(done, args.batches))
+    kind = next((v["env"]["device_kind"] for v in done if "env" in v), "?")
+    print(f"\ndecode ms/step (HBM roofline fraction) per variant; {kind}, ctx {args.ctx}, {args.steps} steps")
+    print(variants_table(done, args.batches))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.xla_variants:
+        run_variants(args, argv)
+        return
     if args.devices:
         if not args.small:
             raise SystemExit("--devices fakes CPU devices; use it with --small")
