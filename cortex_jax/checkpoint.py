@@ -68,13 +68,21 @@ class CheckpointError(Exception):
 
 @dataclass(frozen=True)
 class Transform:
-    """File layout → param layout. ``out_shape`` maps shapes; ``src_index`` maps a param slice to the file
-    slice that holds it; ``apply`` turns that file slice into the param slice."""
+    """File layout → param layout. ``out_shape`` maps the file tensor's shape to the param's; ``src_index``
+    maps a param slice to the file slice that holds it; ``apply`` turns that file slice into the param slice.
+
+    ``view`` (optional): file shape → the shape of a reshape of the file tensor (free on the memmap) that
+    ``src_index`` and ``apply`` then see instead of the file's own shape, e.g. the fused ViT qkv ``[3·H·K, D]``
+    as ``[3, H·K, D]`` so a head-sharded slice is a plain block. ``perm`` (optional): set when ``apply`` is
+    exactly ``np.transpose(x, perm)`` of that (viewed) slice; the loader then reads each device's block as it
+    lies and transposes on the device (:func:`_load_transposed`) instead of transposing on the host."""
 
     name: str
     out_shape: Callable[[tuple[int, ...]], tuple[int, ...]]
     src_index: Callable[[Index], tuple[Any, ...]]
     apply: Callable[[np.ndarray], np.ndarray]
+    view: Callable[[tuple[int, ...]], tuple[int, ...]] | None = None
+    perm: tuple[int, ...] | None = None
 
 
 IDENTITY = Transform("identity", lambda s: tuple(s), lambda i: tuple(i), lambda x: x)
@@ -84,6 +92,7 @@ TRANSPOSE = Transform(
     lambda s: tuple(s[::-1]) if len(s) == 2 else ("bad-rank", *s),
     lambda i: (i[1], i[0]),
     lambda x: x.T,
+    perm=(1, 0),
 )
 # depthwise Conv1d weight [C, 1, K] -> taps [K, C]
 CONV1D = Transform(
@@ -116,7 +125,8 @@ def permuted(base: Transform, axis: int, perm: np.ndarray, name: str | None = No
         i[axis] = perm[i[axis]]
         return base.src_index(tuple(i))
 
-    return Transform(name or f"{base.name}+permute{axis}", out_shape, src_index, base.apply)
+    # no ``perm``: the fancy-indexed rows are gathered on the host (the callback path), so that stays exact
+    return Transform(name or f"{base.name}+permute{axis}", out_shape, src_index, base.apply, view=base.view)
 
 @dataclass(frozen=True)
 class Rule:
@@ -334,14 +344,16 @@ def load_state(
         info, tf = tensors[key], mapped[key][1]
         want_dtype = np.dtype(dtype if dtype is not None and jnp.issubdtype(var.dtype, jnp.floating) else var.dtype)
         src = mmaps.view(info)
+        if tf.view is not None:
+            src = src.reshape(tf.view(info.shape))
 
         def cb(index: Index, src=src, tf=tf, want_dtype=want_dtype, shape=tuple(var.shape)) -> np.ndarray:
             index = tuple(index) + (slice(None),) * (len(shape) - len(tuple(index)))
             return np.ascontiguousarray(tf.apply(src[tf.src_index(index)]).astype(want_dtype))
 
         try:
-            if tf is TRANSPOSE:
-                arr = _load_transposed(src, want_dtype, flat_sh[target])
+            if tf.perm is not None:
+                arr = _load_transposed(src, want_dtype, flat_sh[target], tf.perm)
             else:
                 arr = jax.make_array_from_callback(tuple(var.shape), flat_sh[target], cb)
         except (OSError, ValueError) as e:
@@ -353,29 +365,35 @@ def load_state(
     return nnx.from_flat_state(out)
 
 
-def _load_transposed(src: np.ndarray, dtype: np.dtype, sharding: jax.sharding.Sharding) -> jax.Array:
-    """A PyTorch Linear weight ``[out, in]`` from the file as the kernel ``[in, out]`` with ``sharding``.
+def _load_transposed(
+    src: np.ndarray, dtype: np.dtype, sharding: jax.sharding.Sharding, perm: tuple[int, ...] = (1, 0)
+) -> jax.Array:
+    """``np.transpose(src, perm)`` with ``sharding``: a PyTorch Linear weight ``[out, in]`` from the file as the
+    kernel ``[in, out]`` (``perm`` (1, 0)), or any axis permutation of a (viewed) file tensor.
 
     Each device reads its block of the file as it lies (a plain copy: a host-side transpose runs at ~0.45 GB/s
     on one core, and the 27B checkpoint is 95 % Linear weights) and the transpose happens on the device, in
-    place of the shards: the file-layout array is sharded with the two mesh axes swapped, so the jitted
-    transpose needs no communication.
+    place of the shards: the file-layout array is sharded with the mesh axes moved along with their dimensions,
+    so the jitted transpose needs no communication.
     """
     file_sharding = sharding
     if isinstance(sharding, NamedSharding):
-        spec = tuple(sharding.spec) + (None,) * (2 - len(sharding.spec))
-        file_sharding = NamedSharding(sharding.mesh, PartitionSpec(spec[1], spec[0]))
+        spec = tuple(sharding.spec) + (None,) * (len(perm) - len(sharding.spec))
+        file_spec = [None] * len(perm)
+        for out_axis, src_axis in enumerate(perm):
+            file_spec[src_axis] = spec[out_axis]
+        file_sharding = NamedSharding(sharding.mesh, PartitionSpec(*file_spec))
 
     def cb(index: Index) -> np.ndarray:
         return np.ascontiguousarray(src[tuple(index)].astype(dtype))
 
     raw = jax.make_array_from_callback(tuple(src.shape), file_sharding, cb)
-    return _transpose_to(sharding)(raw)
+    return _transpose_to(sharding, tuple(perm))(raw)
 
 
 @functools.lru_cache(maxsize=64)
-def _transpose_to(sharding: jax.sharding.Sharding):
-    return jax.jit(jnp.transpose, out_shardings=sharding)
+def _transpose_to(sharding: jax.sharding.Sharding, perm: tuple[int, ...] = (1, 0)):
+    return jax.jit(functools.partial(jnp.transpose, axes=perm), out_shardings=sharding)
 
 
 def _flat_shardings(shardings: Any):

@@ -22,7 +22,12 @@ gdn_conv       tp     Gated DeltaNet conv channels, stored in key-head-group ord
                       and the key-head axis of the grouped q/k/v views: a shard holds whole key heads together
                       with their value heads
 head_dim       —      per-head feature dims
+vision_heads   —      vision tower attention heads (qkv columns per head of q, k and v, proj rows); opt-in
+vision_ffn     —      vision tower MLP columns (fc1 columns, fc2 rows); opt-in
 =============  =====  ==========================================================================
+
+The vision tower is replicated by default (``vision_heads``/``vision_ffn`` map to None);
+``AxisRules().with_sharded_vision()`` shards it Megatron-style over tp (docs/sharding.md, "Vision tower").
 """
 
 from __future__ import annotations
@@ -64,9 +69,18 @@ class AxisRules:
     gdn_v_heads: MeshAxes = "tp"
     gdn_conv: MeshAxes = "tp"
     head_dim: MeshAxes = None
+    # The vision tower: replicated unless asked for (with_sharded_vision); which is faster is a GPU measurement
+    vision_heads: MeshAxes = None
+    vision_ffn: MeshAxes = None
 
     def replace(self, **changes: Any) -> AxisRules:
         return dataclasses.replace(self, **changes)
+
+    def with_sharded_vision(self, axis: MeshAxes = "tp") -> AxisRules:
+        """This table with the vision tower tensor-parallel over ``axis``: attention by heads, MLP by columns
+        (one all-reduce after ``attn.proj`` and one after ``mlp.linear_fc2`` per block). :func:`rules_for` with
+        ``vision_cfg`` replicates either axis again when ``axis`` does not divide its unit count."""
+        return self.replace(vision_heads=axis, vision_ffn=axis)
 
 
 def spec(axes: Axes, rules: AxisRules) -> P:
@@ -150,8 +164,9 @@ def _mesh_size(mesh: Any, axes: MeshAxes) -> int:
 
 
 # Logical axes that may fall back to replication when the mesh does not divide them (by design: the 27B has 4
-# KV heads, so tp = 8 keeps every KV head on every device); any other misfit is a configuration error.
-REPLICABLE: tuple[str, ...] = ("kv_heads",)
+# KV heads, so tp = 8 keeps every KV head on every device; the vision tower is correct either way); any other
+# misfit is a configuration error.
+REPLICABLE: tuple[str, ...] = ("kv_heads", "vision_heads", "vision_ffn")
 
 
 def fit_rules(
@@ -195,11 +210,27 @@ def axis_sizes(text_cfg: Any) -> dict[str, int]:
     }
 
 
-def rules_for(text_cfg: Any, mesh: Any, base: AxisRules | None = None) -> AxisRules:
+def vision_axis_sizes(vision_cfg: Any) -> dict[str, int]:
+    """Unit counts of the vision tower's logical axes (duck-typed ``VisionConfig``): heads and FFN columns."""
+    return {"vision_heads": vision_cfg.num_heads, "vision_ffn": vision_cfg.intermediate_size}
+
+
+def rules_for(
+    text_cfg: Any, mesh: Any, base: AxisRules | None = None, *, vision_cfg: Any = None
+) -> AxisRules:
     """The rules table (``base``, default :class:`AxisRules`) fitted to ``text_cfg``'s head counts on
     ``mesh``: KV heads replicated when tp does not divide Hkv; a mesh that splits a query head, a GDN key-head
-    group, an FFN column or a vocab row raises."""
-    return fit_rules(base or AxisRules(), mesh, axis_sizes(text_cfg))
+    group, an FFN column or a vocab row raises.
+
+    ``vision_cfg``: also fit the vision axes (only matters when ``base`` shards them, see
+    :meth:`AxisRules.with_sharded_vision`): ``vision_heads`` is replicated when its mesh axes do not divide the
+    vision head count (16 at 27B scale), ``vision_ffn`` when they do not divide the vision FFN width (4304), each
+    on its own (a tower may then run its MLP sharded and its attention replicated). Without ``vision_cfg`` the
+    vision axes are left as they are. ``text_cfg=None`` fits a vision tower alone."""
+    sizes = axis_sizes(text_cfg) if text_cfg is not None else {}
+    if vision_cfg is not None:
+        sizes.update(vision_axis_sizes(vision_cfg))
+    return fit_rules(base or AxisRules(), mesh, sizes)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,9 @@ from serving.settings import Settings
 log = logging.getLogger("serving.engine_factory")
 VISION_PREFIXES = ("model.visual.",)  # skipped when the checkpoint has no usable vision config
 VISION_WIRED = True
+# CORTEX_SHARD_VISION=1: Megatron-shard the vision tower over tp instead of replicating it (docs/sharding.md,
+# "Vision tower"); opt-in until the GPU measurement picks the default
+SHARD_VISION_ENV = "CORTEX_SHARD_VISION"
 
 
 def _nbytes(tree: Any) -> int:
@@ -83,7 +87,10 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
 
     progress(0.05, "weights")
     if vision:
-        graphdef, state, cfg = load_multimodal_model(path, dtype=jdtype, mesh=mesh)
+        from cortex_jax.sharding import AxisRules
+
+        rules = AxisRules().with_sharded_vision() if os.environ.get(SHARD_VISION_ENV) == "1" else None
+        graphdef, state, cfg = load_multimodal_model(path, dtype=jdtype, mesh=mesh, rules=rules)
     else:
         graphdef, state, cfg = load_model(path, dtype=jdtype, mesh=mesh, ignore_prefixes=VISION_PREFIXES,
                                           progress=on_tensor)

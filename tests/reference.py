@@ -117,11 +117,13 @@ def make_tiny_hf_checkpoint(
     mtp: bool = False,
     dtype: str = "float32",
     max_shard_size: str | int | None = None,
+    vision_overrides: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> Path:
     """Build, perturb and save a tiny random checkpoint at ``path``; returns ``path``.
 
-    ``overrides`` go to the text config. ``dtype``: "float32" | "bfloat16" | "float16" (storage dtype).
+    ``overrides`` go to the text config, ``vision_overrides`` to the vision config. ``dtype``: "float32" |
+    "bfloat16" | "float16" (storage dtype).
     ``max_shard_size`` (e.g. ``"20KB"``) forces a sharded save with ``model.safetensors.index.json``.
     """
     import torch
@@ -141,7 +143,7 @@ def make_tiny_hf_checkpoint(
         text.pop("model_type")
         cfg = Qwen3_5Config(
             text_config=text,
-            vision_config=tiny_vision_config_dict(text["hidden_size"]),
+            vision_config=tiny_vision_config_dict(text["hidden_size"], **(vision_overrides or {})),
             tie_word_embeddings=tie,
         )
         model = Qwen3_5ForConditionalGeneration(cfg)

@@ -32,7 +32,7 @@ from cortex_jax.checkpoint import load_state
 from cortex_jax.engine.api import ImageInput
 from cortex_jax.mesh import make_mesh
 from cortex_jax.pytree import unflatten_state
-from cortex_jax.sharding import AxisRules, rules_for, state_shardings
+from cortex_jax.sharding import AxisRules, Sharder, rules_for, state_shardings
 from models.qwen36.config import Qwen36Config
 from models.qwen36.decoder import Qwen36ForCausalLM
 from models.qwen36.vision import Qwen36VisionModel, patch_bucket, patch_layout, vision_rules
@@ -123,7 +123,9 @@ def splice_image_features(embeds: Array, features: Array, image_mask: Array) -> 
 
 class Qwen36ForConditionalGeneration(Qwen36ForCausalLM):
     """The text model plus ``visual`` (paths ``model.*``, ``lm_head.*``, ``visual.*``). Same call contract as
-    :class:`Qwen36ForCausalLM`; images enter through ``input_embeds`` built by :meth:`embed_multimodal`."""
+    :class:`Qwen36ForCausalLM`; images enter through ``input_embeds`` built by :meth:`embed_multimodal`.
+    ``rules``/``mesh`` drive the vision tower's constraints too (fit them with ``rules_for(cfg.text, mesh,
+    rules, vision_cfg=cfg.vision)``)."""
 
     def __init__(self, cfg: Qwen36Config, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
                  rngs: nnx.Rngs | None = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64,
@@ -134,7 +136,7 @@ class Qwen36ForConditionalGeneration(Qwen36ForCausalLM):
         super().__init__(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs, rules=rules,
                          gdn_chunk_size=gdn_chunk_size, mesh=mesh)
         self.visual = Qwen36VisionModel(cfg.vision, dtype=dtype, param_dtype=param_dtype or dtype, rngs=rngs,
-                                        attn=vision_attn)
+                                        attn=vision_attn, shard=Sharder(self.rules, mesh))
 
     def encode_images(self, pixel_values: Array, layout: PatchLayout) -> Array:
         """``[N, P]`` patches → ``[N/4, D]`` merged image tokens (padding rows at the end)."""
@@ -182,15 +184,21 @@ def prompt_embeds(vision_step, embed_step, state: nnx.State, prompt_ids: Sequenc
 
 def load_multimodal_model(ckpt_dir: str | Path, *, dtype: Any = jnp.float32, param_dtype: Any | None = None,
                           mesh: Any = None, rules: AxisRules | None = None, gdn_chunk_size: int = 64,
+                          vision_attn: AttnImpl = AttnImpl(),
                           ) -> tuple[nnx.GraphDef, nnx.State, Qwen36Config]:
     """``(graphdef, state, cfg)`` of :class:`Qwen36ForConditionalGeneration` from a VLM checkpoint
-    (strict: every tensor mapped, none missing)."""
+    (strict: every tensor mapped, none missing), every tensor read straight into its shards on ``mesh``.
+
+    ``rules`` (default ``AxisRules()``: vision tower replicated) are fitted by ``rules_for`` to the text *and*
+    vision head counts; ``rules=AxisRules().with_sharded_vision()`` makes the vision blocks tensor parallel
+    over tp (each vision axis falls back to replicated where tp does not divide it; docs/sharding.md).
+    ``vision_attn``: the vision attention kernel (default auto: cuDNN on GPU for 16-bit, else xla)."""
     cfg = Qwen36Config.from_dir(ckpt_dir)
     mesh = mesh if mesh is not None else make_mesh(1, 1)
-    rules = rules_for(cfg.text, mesh, rules)  # the vision tower is replicated (docs/sharding.md)
+    rules = rules_for(cfg.text, mesh, rules, vision_cfg=cfg.vision)
     abstract = nnx.eval_shape(lambda: Qwen36ForConditionalGeneration(
         cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0), rules=rules,
-        gdn_chunk_size=gdn_chunk_size, mesh=mesh))
+        gdn_chunk_size=gdn_chunk_size, vision_attn=vision_attn, mesh=mesh))
     graphdef, abs_state = nnx.split(abstract)
     wmap = qwen36_weight_map(tied=cfg.tie_word_embeddings, text=cfg.text, vision_rules=vision_rules("visual."))
     state = load_state(ckpt_dir, abs_state, state_shardings(abs_state, mesh, rules), wmap)

@@ -21,11 +21,20 @@ are dropped by the caller. The attention kernels live in ``vision_attention.py``
 
 Parameters: nnx paths mirror the HF keys under ``model.visual.``; Linear kernels are ``[in, out]`` named
 ``kernel``, biases ``bias``; LayerNorms ``scale``/``bias``; the position table is ``pos_embed.embedding``;
-Conv3d ``[D, 3, 2, 16, 16]`` → ``patch_embed.proj.kernel [1536, D]``. :data:`VISION_WEIGHT_MAP` is that table.
-All vision parameters are replicated (logical axes None): the tower is 0.46 B params at 27B scale.
+Conv3d ``[D, 3, 2, 16, 16]`` → ``patch_embed.proj.kernel [1536, D]``; the fused ``attn.qkv.weight [3·H·K, D]``
+(rows q | k | v, head-major inside each) → ``attn.qkv.kernel [D, 3, H·K]`` and its bias ``[3·H·K]`` →
+``[3, H·K]``, so that a contiguous split of the last axis hands a device whole heads of q, k *and* v.
+:data:`VISION_WEIGHT_MAP` is that table.
+
+Sharding (docs/sharding.md, "Vision tower"): replicated by default (the logical axes ``vision_heads`` /
+``vision_ffn`` map to None); ``AxisRules().with_sharded_vision()`` makes each block Megatron-style tensor
+parallel: qkv columns and proj rows by heads, fc1 columns and fc2 rows by FFN column, with one all-reduce after
+``attn.proj`` and one after ``mlp.linear_fc2``. Patch embedding, position table, norms and the merger stay
+replicated: together ~11 % of the parameters and ~3 % of the FLOPs (the merger runs on N/4 rows once), and a
+replicated merger hands the text model replicated image features with no extra collective.
 
 Shape letters: N patches (padded), P patch vector (C·T·p·p), D vision width, H heads, K head dim, F = K/4
-rotary frequencies per axis, Q = N/4 merged tokens, O out width (= text hidden size).
+rotary frequencies per axis, Q = N/4 merged tokens, O out width (= text hidden size), I FFN width.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from flax import nnx
 
 from cortex_jax import sharding
 from cortex_jax.checkpoint import IDENTITY, TRANSPOSE, Rule, Transform
+from cortex_jax.sharding import Axes, Sharder
 from models.qwen36.config import VisionConfig
 from models.qwen36.vision_attention import AttnImpl, PatchLayout, vision_attention
 
@@ -90,12 +100,15 @@ def _zeros(key, shape, dtype):
 
 
 class Dense(nnx.Module):
-    """``y = x @ kernel + bias`` with kernel ``[in, out]``."""
+    """``y = x @ kernel + bias`` with kernel ``[in, out]`` (logical ``axes`` (in, out); the bias follows out).
 
-    def __init__(self, d_in: int, d_out: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    With ``in`` sharded, each device's product is a partial sum: the caller's output constraint all-reduces it,
+    and the (replicated) bias is added once, after the reduction."""
+
+    def __init__(self, d_in: int, d_out: int, *, dtype, param_dtype, rngs: nnx.Rngs, axes: Axes = (None, None)):
         init = nnx.initializers.lecun_normal()
-        self.kernel = sharding.param(rngs, init, (d_in, d_out), (None, None), param_dtype)
-        self.bias = sharding.param(rngs, _zeros, (d_out,), (None,), param_dtype)
+        self.kernel = sharding.param(rngs, init, (d_in, d_out), axes, param_dtype)
+        self.bias = sharding.param(rngs, _zeros, (d_out,), (axes[1],), param_dtype)
         self.dtype = dtype
 
     def __call__(self, x: Array) -> Array:
@@ -124,46 +137,74 @@ def _rotate_half(u: Array) -> Array:
     return jnp.concatenate([-u[..., half:], u[..., :half]], axis=-1)
 
 
+class QKV(nnx.Module):
+    """The fused q/k/v projection: ``[N, D] → [N, 3, H·K]``, kernel ``[D, 3, H·K]``, bias ``[3, H·K]``.
+
+    The HF weight ``[3·H·K, D]`` reshaped, not reordered: the separate axis of 3 is what lets the heads axis
+    shard contiguously (a split of the flat ``3·H·K`` columns would hand device 0 only queries)."""
+
+    def __init__(self, d: int, n_heads: int, head_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        hk = n_heads * head_dim
+        self.kernel = sharding.param(rngs, init, (d, 3, hk), (None, None, "vision_heads"), param_dtype)
+        self.bias = sharding.param(rngs, _zeros, (3, hk), (None, "vision_heads"), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        y = jnp.einsum("nd,dtc->ntc", x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        return y + self.bias[...].astype(self.dtype)
+
+
 class Attention(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn: AttnImpl):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn: AttnImpl,
+                 shard: Sharder):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.qkv = Dense(cfg.hidden_size, 3 * cfg.hidden_size, **kw)
-        self.proj = Dense(cfg.hidden_size, cfg.hidden_size, **kw)
-        self.num_heads, self.attn = cfg.num_heads, attn
+        self.qkv = QKV(cfg.hidden_size, cfg.num_heads, cfg.head_dim, **kw)
+        self.proj = Dense(cfg.hidden_size, cfg.hidden_size, **kw, axes=("vision_heads", None))
+        self.num_heads, self.attn, self.shard = cfg.num_heads, attn, shard
 
     def __call__(self, x: Array, cos: Array, sin: Array, layout: PatchLayout) -> Array:
-        n = x.shape[0]
-        q, k, v = self.qkv(x).reshape(n, 3, self.num_heads, -1).transpose(1, 0, 2, 3)  # 3 × [N, H, K]
+        n, shard = x.shape[0], self.shard
+        heads = (None, "vision_heads", None)
+        qkv = shard(self.qkv(x), (None, None, "vision_heads")).reshape(n, 3, self.num_heads, -1)
+        q, k, v = (shard(qkv[:, i], heads) for i in range(3))  # 3 × [N, H, K]
         with jax.named_scope("vision_rope"):  # fp32 rotation, cast back (HF apply_rotary_pos_emb_vision)
             c, s = cos[:, None], sin[:, None]
             rot = lambda u: (u.astype(_F32) * c + _rotate_half(u.astype(_F32)) * s).astype(u.dtype)  # noqa: E731
             q, k = rot(q), rot(k)
         with jax.named_scope("vision_attn"):
-            o = vision_attention(q, k, v, layout, self.attn)
-        return self.proj(o.reshape(n, -1))
+            o = shard(vision_attention(q, k, v, layout, self.attn, shard=shard), heads)
+        # proj rows are sharded like o's heads: partial sums, all-reduced by the replicated output constraint
+        o = shard(o.reshape(n, -1), (None, "vision_heads"))
+        return shard(self.proj(o), (None, None))
 
 
 class MLP(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, shard: Sharder):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.linear_fc1 = Dense(cfg.hidden_size, cfg.intermediate_size, **kw)
-        self.linear_fc2 = Dense(cfg.intermediate_size, cfg.hidden_size, **kw)
+        self.linear_fc1 = Dense(cfg.hidden_size, cfg.intermediate_size, **kw, axes=(None, "vision_ffn"))
+        self.linear_fc2 = Dense(cfg.intermediate_size, cfg.hidden_size, **kw, axes=("vision_ffn", None))
+        self.shard = shard
 
     def __call__(self, x: Array) -> Array:
-        return self.linear_fc2(jax.nn.gelu(self.linear_fc1(x), approximate=True))  # gelu_pytorch_tanh
+        h = self.shard(self.linear_fc1(x), (None, "vision_ffn"))
+        h = jax.nn.gelu(h, approximate=True)  # gelu_pytorch_tanh
+        return self.shard(self.linear_fc2(h), (None, None))  # the block's second (and last) all-reduce
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn: AttnImpl):
+    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, rngs: nnx.Rngs, attn: AttnImpl,
+                 shard: Sharder):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.norm1 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.norm2 = LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.attn = Attention(cfg, **kw, attn=attn)
-        self.mlp = MLP(cfg, **kw)
+        self.attn = Attention(cfg, **kw, attn=attn, shard=shard)
+        self.mlp = MLP(cfg, **kw, shard=shard)
+        self.shard = shard
 
     def __call__(self, x, cos, sin, layout):
-        x = x + self.attn(self.norm1(x), cos, sin, layout)
-        return x + self.mlp(self.norm2(x))
+        x = self.shard(x + self.attn(self.norm1(x), cos, sin, layout), (None, None))
+        return self.shard(x + self.mlp(self.norm2(x)), (None, None))
 
 
 class PatchEmbed(nnx.Module):
@@ -213,16 +254,21 @@ class Merger(nnx.Module):
 
 class Qwen36VisionModel(nnx.Module):
     """The vision tower. ``__call__(pixel_values [N, P], grid_thw) -> [N/4, O]``; :meth:`forward` is the
-    bucketed, jit-friendly entry taking a :class:`PatchLayout` instead of static grids."""
+    bucketed, jit-friendly entry taking a :class:`PatchLayout` instead of static grids.
+
+    ``shard``: the activation constraints (``Sharder(rules, mesh)``, rules fitted by ``rules_for(...,
+    vision_cfg=vcfg)``); the default (no mesh) is the identity. Whether the blocks are tensor parallel is the
+    rules' ``vision_heads`` / ``vision_ffn`` entries, not a flag here."""
 
     def __init__(self, vcfg: VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
-                 attn: AttnImpl = AttnImpl(), scan_blocks: bool = False):
+                 attn: AttnImpl = AttnImpl(), scan_blocks: bool = False, shard: Sharder | None = None):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        shard = shard or Sharder()
         self.cfg, self.dtype, self.scan_blocks = vcfg, dtype, scan_blocks
         self.patch_embed = PatchEmbed(vcfg, **kw)
         self.pos_embed = PosEmbed(vcfg.num_position_embeddings, vcfg.hidden_size, param_dtype=param_dtype,
                                   rngs=rngs)
-        self.blocks = nnx.List([Block(vcfg, **kw, attn=attn) for _ in range(vcfg.depth)])
+        self.blocks = nnx.List([Block(vcfg, **kw, attn=attn, shard=shard) for _ in range(vcfg.depth)])
         self.merger = Merger(vcfg, **kw)
 
     def rotary(self, layout: PatchLayout) -> tuple[Array, Array]:
@@ -260,13 +306,30 @@ class Qwen36VisionModel(nnx.Module):
 
 
 # ---- checkpoint mapping ------------------------------------------------------------------------------------
-# Conv3d weight [D, C, T, kh, kw] → Dense kernel [C·T·kh·kw, D]. Vision params are replicated, so the loader
-# always asks for the whole tensor (the flattened P axis could not be sliced per device anyway).
+# Conv3d weight [D, C, T, kh, kw] → Dense kernel [C·T·kh·kw, D]. The patch embedding is always replicated, so
+# the loader asks for the whole tensor (the flattened P axis could not be sliced per device anyway).
 CONV3D = Transform(
     "conv3d",
     lambda s: (int(np.prod(s[1:])), s[0]) if len(s) == 5 else ("bad-rank", *s),
     lambda i: (i[1], slice(None), slice(None), slice(None), slice(None)),
     lambda x: x.reshape(x.shape[0], -1).T,
+)
+# Fused qkv weight [3·H·K, D] → kernel [D, 3, H·K]: the file is read as its free view [3, H·K, D], so a device
+# holding heads h0..h1 reads three row blocks (its q, k and v heads) and transposes them on the device.
+QKV_KERNEL = Transform(
+    "qkv-heads",
+    lambda s: (s[1], 3, s[0] // 3) if len(s) == 2 and s[0] % 3 == 0 else ("bad-rank", *s),
+    lambda i: (i[1], i[2], i[0]),
+    lambda x: x.transpose(2, 0, 1),
+    view=lambda s: (3, s[0] // 3, s[1]),
+    perm=(2, 0, 1),
+)
+QKV_BIAS = Transform(
+    "qkv-bias-heads",
+    lambda s: (3, s[0] // 3) if len(s) == 1 and s[0] % 3 == 0 else ("bad-rank", *s),
+    lambda i: tuple(i),
+    lambda x: x,
+    view=lambda s: (3, s[0] // 3),
 )
 # HF key after ``model.visual.`` (regex) → nnx path template below the vision module, transform.
 VISION_WEIGHT_MAP: tuple[tuple[str, str, Transform], ...] = (
@@ -274,10 +337,11 @@ VISION_WEIGHT_MAP: tuple[tuple[str, str, Transform], ...] = (
     (r"patch_embed\.proj\.bias", "patch_embed.proj.bias", IDENTITY),
     (r"pos_embed\.weight", "pos_embed.embedding", IDENTITY),
     (r"blocks\.(\d+)\.(norm1|norm2)\.weight", r"blocks.\1.\2.scale", IDENTITY),
-    (r"blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)\.weight", r"blocks.\1.\2.kernel",
-     TRANSPOSE),
-    (r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)\.bias",
-     r"blocks.\1.\2.bias", IDENTITY),
+    (r"blocks\.(\d+)\.attn\.qkv\.weight", r"blocks.\1.attn.qkv.kernel", QKV_KERNEL),
+    (r"blocks\.(\d+)\.attn\.qkv\.bias", r"blocks.\1.attn.qkv.bias", QKV_BIAS),
+    (r"blocks\.(\d+)\.(attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)\.weight", r"blocks.\1.\2.kernel", TRANSPOSE),
+    (r"blocks\.(\d+)\.(norm1|norm2|attn\.proj|mlp\.linear_fc1|mlp\.linear_fc2)\.bias", r"blocks.\1.\2.bias",
+     IDENTITY),
     (r"merger\.norm\.weight", "merger.norm.scale", IDENTITY),
     (r"merger\.(norm|linear_fc1|linear_fc2)\.bias", r"merger.\1.bias", IDENTITY),
     (r"merger\.(linear_fc1|linear_fc2)\.weight", r"merger.\1.kernel", TRANSPOSE),

@@ -12,6 +12,10 @@ softmax in fp32. Two implementations with the same result:
   output rows are zeroed here (they are dropped after the merger anyway).
 
 ``AttnImpl(kind="auto")`` picks cudnn on GPU for 16-bit activations and xla otherwise.
+
+Sharded heads (``vision_heads`` on tp, docs/sharding.md): the xla path is plain jnp, per head, and GSPMD
+partitions it over heads with no communication. The cuDNN call is opaque to the partitioner, so it runs under
+``Sharder.shard_map``: each device attends over its own heads of q, k, v with the (replicated) layout.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from cortex_jax.pytree import pytree_dataclass
+from cortex_jax.sharding import Sharder
 
 Array = jax.Array
 _F32 = jnp.float32
@@ -50,15 +55,32 @@ class AttnImpl:
     block: int = 1024
 
 
-def vision_attention(q: Array, k: Array, v: Array, layout: PatchLayout, impl: AttnImpl = AttnImpl()) -> Array:
-    """``[N, H, K]`` q, k, v → ``[N, H, K]`` (q.dtype)."""
+def vision_attention(q: Array, k: Array, v: Array, layout: PatchLayout, impl: AttnImpl = AttnImpl(),
+                     shard: Sharder | None = None) -> Array:
+    """``[N, H, K]`` q, k, v → ``[N, H, K]`` (q.dtype). ``shard``: the model's sharder; with ``vision_heads``
+    sharded the cuDNN kernel runs per head shard (shard_map)."""
     kind = impl.kind
     if kind == "auto":
         on_gpu = jax.default_backend() == "gpu"
         kind = "cudnn" if on_gpu and q.dtype in (jnp.bfloat16, jnp.float16) else "xla"
     if kind == "cudnn":
-        return cudnn_segment_attention(q, k, v, layout)
+        if shard is None or shard.rules.vision_heads is None:
+            return cudnn_segment_attention(q, k, v, layout)  # replicated tower: the call as it always was
+        return _per_head_shard(q, k, v, layout, shard)
     return segment_attention(q, k, v, layout.segment, impl.block)
+
+
+def _per_head_shard(q: Array, k: Array, v: Array, layout: PatchLayout, shard: Sharder) -> Array:
+    """:func:`cudnn_segment_attention` on each device's heads ``[N, H/tp, K]``; the layout is replicated."""
+    leaves, tree = jax.tree.flatten(layout)
+    heads = (None, "vision_heads", None)
+
+    def local(q, k, v, *lay, rules):  # rules: the fitted table (unused: the kernel needs no axis index)
+        # looked up at call time so a test can stand in for the GPU-only kernel
+        return cudnn_segment_attention(q, k, v, jax.tree.unflatten(tree, lay))
+
+    in_axes = (heads, heads, heads, *[(None,) * x.ndim for x in leaves])
+    return shard.shard_map(local, in_axes, heads)(q, k, v, *leaves)
 
 
 def cudnn_segment_attention(q: Array, k: Array, v: Array, layout: PatchLayout) -> Array:

@@ -9,7 +9,7 @@ from jax.sharding import AbstractMesh
 from jax.sharding import PartitionSpec as P
 
 from cortex_jax.sharding import AxisRules, Sharder, assert_sharded, rules_for, spec
-from models.qwen36.config import Qwen36Config, TextConfig
+from models.qwen36.config import Qwen36Config, TextConfig, VisionConfig
 from models.qwen36.weight_map import gdn_channel_perm
 from tests.reference import tiny_text_config_dict
 
@@ -40,6 +40,28 @@ def test_27b_fits_tp_up_to_8_with_kv_replicated_above_4(tp):
 def test_mesh_that_splits_a_head_is_refused(tp, what):
     with pytest.raises(ValueError, match=what):
         rules_for(_text(**QWEN36_27B), _mesh(1, tp))
+
+
+VISION_27B = VisionConfig(out_hidden_size=5120)  # 16 heads × 72, FFN 4304
+
+
+@pytest.mark.parametrize("tp", [1, 2, 4, 8])
+def test_vision_replicated_by_default_and_sharded_on_request(tp):
+    text = _text(**QWEN36_27B)
+    default = rules_for(text, _mesh(1, tp), vision_cfg=VISION_27B)
+    assert (default.vision_heads, default.vision_ffn) == (None, None)
+    sharded = rules_for(text, _mesh(1, tp), AxisRules().with_sharded_vision(), vision_cfg=VISION_27B)
+    assert (sharded.vision_heads, sharded.vision_ffn) == ("tp", "tp")
+    assert sharded.replace(vision_heads=None, vision_ffn=None) == default  # the text axes are untouched
+
+
+@pytest.mark.parametrize("tp, heads, ffn", [(16, "tp", "tp"), (3, None, None), (32, None, None), (12, None, None)])
+def test_vision_axes_fall_back_to_replicated_each_on_its_own(tp, heads, ffn):
+    # the tower alone (text_cfg None): 16 heads, FFN 4304 = 16 · 269
+    rules = rules_for(None, _mesh(1, tp), AxisRules().with_sharded_vision(), vision_cfg=VISION_27B)
+    assert (rules.vision_heads, rules.vision_ffn) == (heads, ffn)
+    odd = rules_for(None, _mesh(1, 8), AxisRules().with_sharded_vision(), vision_cfg=VisionConfig(num_heads=4))
+    assert (odd.vision_heads, odd.vision_ffn) == (None, "tp")
 
 
 def test_dp_does_not_touch_model_axes():
