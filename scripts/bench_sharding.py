@@ -396,30 +396,12 @@ def variants_table(done: list[dict[str, Any]], batches: list[int]) -> str:
 
 def run_variants(args: argparse.Namespace, argv: list[str]) -> None:
     """Parent of ``--xla-variants``: one child per variant, this process never starts a JAX backend."""
-    variants = xla_variants.parse_variants(args.xla_variants)
-    base = xla_variants.strip_option(xla_variants.strip_option(argv, "--xla-variants"), "--out")
-    args.out.mkdir(parents=True, exist_ok=True)
-    done: list[dict[str, Any]] = []
-    for i, v in enumerate(variants):
-        sub = args.out / xla_variants.safe_name(i, v.label)
-        unknown = xla_variants.unknown_flags(v)
-        if unknown:
-            print(f"[{v.label}] not in the installed jaxlib (the child will tell): {unknown}", flush=True)
-        env = xla_variants.child_env(v)
-        print(f"[{v.label}] XLA_FLAGS={env['XLA_FLAGS']!r} ...", flush=True)
-        cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--out", str(sub)]
-        res = xla_variants.run_child(cmd, env, args.out / f"{sub.name}.log", args.child_timeout, cwd=ROOT)
-        rec: dict[str, Any] = {"label": v.label, "xla_flags": env["XLA_FLAGS"], **res}
-        if unknown:
-            rec["unknown_flags"] = unknown
-        if (sub / "results.json").is_file():  # written after every mesh: partial results survive a timeout
-            got = json.loads((sub / "results.json").read_text())
-            rec.update(env=got["env"], results=got["results"])
-        print(f"[{v.label}] rc {res['rc']} in {res['seconds']} s" + (f": {res['error']}" if "error" in res else ""),
-              flush=True)
-        done.append(rec)
+    def save(done):  # after every child
         (args.out / "variants.json").write_text(json.dumps({"variants": done}, indent=1))
         (args.out / "variants.md").write_text(variants_table(done, args.batches))
+
+    done = xla_variants.run_variants(Path(__file__).resolve(), argv, args.xla_variants, args.out,
+                                     args.child_timeout, ("env", "results"), on_update=save)
     kind = next((v["env"]["device_kind"] for v in done if "env" in v), "?")
     print(f"\ndecode ms/step (HBM roofline fraction) per variant; {kind}, ctx {args.ctx}, {args.steps} steps")
     print(variants_table(done, args.batches))

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import mmap
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -169,3 +171,37 @@ def run_child(cmd: list[str], env: dict[str, str], log_path: Path, timeout: floa
         text = log_path.read_text(errors="replace")
         res["error"] = f"timed out after {timeout:.0f} s" if rc == 124 else failure_reason(text)
     return res
+
+
+def run_variants(script: Path, argv: list[str], spec: str, out: Path, timeout: float, keys: tuple[str, ...],
+                 extra_args=lambda variant: [], on_update=None) -> list[dict]:
+    """Re-run ``script`` once per variant of ``spec``: the same ``argv`` minus ``--xla-variants`` / ``--out``,
+    each child writing into ``out/<i>_<label>/``. After each child its record (label, flags, rc, seconds, error,
+    and ``keys`` copied from the child's ``results.json``: written incrementally, so a timed-out child keeps
+    what it finished) is appended and ``on_update(records)`` called. Returns the records."""
+    variants = parse_variants(spec)
+    base = strip_option(strip_option(argv, "--xla-variants"), "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    done: list[dict] = []
+    for i, v in enumerate(variants):
+        sub = out / safe_name(i, v.label)
+        sub.mkdir(parents=True, exist_ok=True)
+        unknown = unknown_flags(v)
+        if unknown:
+            print(f"[{v.label}] not in the installed jaxlib (the child will tell): {unknown}", flush=True)
+        env = child_env(v)
+        print(f"[{v.label}] XLA_FLAGS={env['XLA_FLAGS']!r} ...", flush=True)
+        cmd = [sys.executable, str(script), *base, "--out", str(sub), *extra_args(v)]
+        res = run_child(cmd, env, out / f"{sub.name}.log", timeout, cwd=script.resolve().parents[1])
+        rec: dict = {"label": v.label, "xla_flags": env["XLA_FLAGS"], **res}
+        if unknown:
+            rec["unknown_flags"] = unknown
+        if (sub / "results.json").is_file():
+            got = json.loads((sub / "results.json").read_text())
+            rec.update({k: got[k] for k in keys if k in got})
+        print(f"[{v.label}] rc {res['rc']} in {res['seconds']} s" + (f": {res['error']}" if "error" in res else ""),
+              flush=True)
+        done.append(rec)
+        if on_update is not None:
+            on_update(done)
+    return done
