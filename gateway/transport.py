@@ -332,6 +332,7 @@ class _Body(httpx.AsyncByteStream):
                 buf = conn.buf
                 state = 0  # of `_parse_chunks`, between arrivals
                 while True:
+                    left_over = 0  # bytes the parser could not use yet (a partial size line or trailer)
                     if buf:
                         data = bytes(buf)
                         out, used, state, finished = _parse_chunks(data, state, self._request)
@@ -339,10 +340,13 @@ class _Body(httpx.AsyncByteStream):
                             buf.clear()
                         else:
                             del buf[:used]
+                        left_over = len(data) - used
                         if out:  # per arrival, the data of every chunk (or part of one) it completed
                             yield out[0] if len(out) == 1 else b"".join(out)
                         if finished:
                             break
+                    if len(buf) > left_over:  # more arrived while the consumer had the chunk: parse it first
+                        continue
                     if conn.eof:
                         raise httpx.RemoteProtocolError(
                             "the server closed the connection before the response body ended",

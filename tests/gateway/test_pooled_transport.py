@@ -213,3 +213,29 @@ def test_timeouts_limits_and_early_close():
                 await c2.get("http://127.0.0.1:9/")  # nothing listens on the discard port
 
     serve(_slow)(test)
+
+
+def test_the_end_of_a_chunked_body_that_arrives_while_the_consumer_is_busy_is_seen():
+    # the stream's last chunk lands in the buffer while the consumer is still handling the chunk before it: the
+    # body must end from the buffer, not wait for bytes that never come (it used to wait until the server's
+    # keep-alive timeout closed the connection: 75 s per streamed response in the end-to-end tests)
+    async def handler(reader, writer, state):
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)  # the consumer is busy with "first" now
+            writer.write(b"4\r\nlast\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async def test(port: int, state: dict) -> None:
+        async with client() as c:  # 2 s timeouts: a missed end would raise ReadTimeout
+            for _ in range(2):  # and the connection is reused for the next request
+                got = []
+                async with c.stream("GET", f"http://127.0.0.1:{port}/") as r:
+                    async for part in r.aiter_raw():
+                        got.append(part)
+                        await asyncio.sleep(0.2)  # hold the chunk while the rest arrives
+                assert b"".join(got) == b"firstlast"
+        assert state["connections"] == 1
+
+    serve(handler)(test)
