@@ -339,9 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.xla_variants:
         return run_variants(args, argv)
     if args.devices:
-        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-        os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={args.devices}"])
-        os.environ["JAX_PLATFORMS"] = "cpu"
+        xla_variants.fake_cpu_devices(args.devices)
     args.out.mkdir(parents=True, exist_ok=True)
     env = env_info(args)
     print(f"{env['device_kind']} x{env['devices']}, jax {env['jax']}, XLA_FLAGS={env['xla_flags']!r}", flush=True)

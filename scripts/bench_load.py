@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import xla_variants  # noqa: E402  (no JAX import at module level)
 from bench_sharding import QWEN36_27B_TEXT, SMALL_TEXT  # noqa: E402  (no JAX import at module level)
 
 GB = 1e9
@@ -437,9 +438,7 @@ def per_transform(tensors: list[tuple[str, str, tuple[int, ...], str]], seconds:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     a = parse_args(argv)
     if a.devices:
-        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-        os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={a.devices}"])
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        xla_variants.fake_cpu_devices(a.devices)
 
     import jax
     import jax.numpy as jnp

@@ -416,9 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.devices:
         if not args.small:
             raise SystemExit("--devices fakes CPU devices; use it with --small")
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                   f" --xla_force_host_platform_device_count={args.devices}").strip()
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        xla_variants.fake_cpu_devices(args.devices)
     import jax
     import jax.numpy as jnp  # noqa: F401  (initialises the backend before the sweep)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
 import re
 import statistics
@@ -35,6 +34,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import xla_variants  # noqa: E402  (no JAX import: fake devices must be set before jax is imported)
 
 
 def _fake_cpu_devices(argv: list[str]) -> None:
@@ -42,9 +44,7 @@ def _fake_cpu_devices(argv: list[str]) -> None:
     for i, a in enumerate(argv):
         n = a.split("=", 1)[1] if a.startswith("--devices=") else argv[i + 1] if a == "--devices" else None
         if n is not None and int(n) > 0:
-            os.environ["JAX_PLATFORMS"] = "cpu"
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                       + f" --xla_force_host_platform_device_count={int(n)}").strip()
+            xla_variants.fake_cpu_devices(int(n))
 
 
 _fake_cpu_devices(sys.argv[1:])

@@ -54,6 +54,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import xla_variants  # noqa: E402  (no JAX import: XLA_FLAGS is set in main before jax is)
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
                "collective-broadcast", "ragged-all-to-all")
@@ -479,11 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     dump = None
     if args.platform == "cpu":
-        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-        flags.append(f"--xla_force_host_platform_device_count={args.devices or args.dp * args.tp}")
-        os.environ["JAX_PLATFORMS"] = "cpu"
-    else:
-        flags = os.environ.get("XLA_FLAGS", "").split()
+        xla_variants.fake_cpu_devices(args.devices or args.dp * args.tp)
+    flags = os.environ.get("XLA_FLAGS", "").split()
     if args.stage == "spmd" and args.hlo is None:
         dump = tempfile.mkdtemp(prefix="inspect_collectives_")
         flags += [f"--xla_dump_to={dump}", "--xla_dump_hlo_pass_re=spmd-partitioning"]

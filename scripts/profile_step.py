@@ -502,9 +502,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.devices:
         if not args.small:
             raise SystemExit("--devices fakes CPU devices; use it with --small")
-        flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
-        os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={args.devices}"])
-        os.environ["JAX_PLATFORMS"] = "cpu"
+        xla_variants.fake_cpu_devices(args.devices)
     if args.cmd_buffers:
         known = xla_variants.flag_known(CMD_BUFFER_PROFILING_FLAG)
         if known is False:

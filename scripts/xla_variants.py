@@ -81,6 +81,14 @@ def merge_xla_flags(base: str, extra: tuple[str, ...] | list[str]) -> str:
     return " ".join([*kept, *extra])
 
 
+def fake_cpu_devices(n: int) -> None:
+    """Make JAX, not yet imported, run on ``n`` fake CPU devices: the host device count in ``XLA_FLAGS`` (one
+    already there is replaced) and ``JAX_PLATFORMS=cpu``. For the scripts' CPU smoke runs of mesh code."""
+    os.environ["XLA_FLAGS"] = merge_xla_flags(os.environ.get("XLA_FLAGS", ""),
+                                              [f"--xla_force_host_platform_device_count={int(n)}"])
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
 def child_env(variant: Variant, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["XLA_FLAGS"] = merge_xla_flags(env.get("XLA_FLAGS", ""), variant.xla_flags)
