@@ -12,7 +12,6 @@ import contextlib
 import gc
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,6 @@ from serving.settings import Settings
 log = logging.getLogger("serving.engine_factory")
 VISION_PREFIXES = ("model.visual.",)  # skipped when the checkpoint has no usable vision config
 VISION_WIRED = True
-# CORTEX_SHARD_VISION=1: Megatron-shard the vision tower over tp instead of replicating it (docs/sharding.md,
-# "Vision tower"); opt-in until the GPU measurement picks the default
-SHARD_VISION_ENV = "CORTEX_SHARD_VISION"
 
 
 def _nbytes(tree: Any) -> int:
@@ -89,7 +85,8 @@ def build(model_id: str, path: Path, tp: int, settings: Settings, dtype: str, pr
     if vision:
         from cortex_jax.sharding import AxisRules
 
-        rules = AxisRules().with_sharded_vision() if os.environ.get(SHARD_VISION_ENV) == "1" else None
+        # opt-in until a GPU measurement picks the default (docs/sharding.md, "Vision tower")
+        rules = AxisRules().with_sharded_vision() if settings.shard_vision else None
         graphdef, state, cfg = load_multimodal_model(path, dtype=jdtype, mesh=mesh, rules=rules)
     else:
         graphdef, state, cfg = load_model(path, dtype=jdtype, mesh=mesh, ignore_prefixes=VISION_PREFIXES,

@@ -60,6 +60,7 @@ class Settings:
     auto_load: bool = False  # a request for an available (not loaded) model loads it instead of 503
     drain_timeout_s: float = 60.0  # SIGTERM and unload(drain): longest wait for in-flight requests
     warmup: bool = False  # compile every prefill bucket and decode variant at load (slower load, no cold request)
+    shard_vision: bool = False  # vision tower tensor parallel over tp instead of replicated (docs/sharding.md)
     compile_cache_dir: Path | None = None  # JAX persistent compilation cache (fast restarts)
     log_level: str = "INFO"
     log_format: str = "json"
@@ -110,7 +111,7 @@ _SCALAR_TYPES: dict[str, type] = {
     "drain_timeout_s": float,
     "log_level": str,
     "log_format": str,
-    "embedded": bool, "warmup": bool,
+    "embedded": bool, "warmup": bool, "shard_vision": bool,
     "image_fetch_timeout_s": float, "image_fetch_allow_http": bool,
 }
 
